@@ -1,0 +1,101 @@
+"""Named errors for everything that can go wrong between a condition and a spectrum.
+
+Each error says what went wrong and how to fix it. Errors are split by what the caller
+should do: `TransientInstrumentError` is worth a retry, `FatalInstrumentError` means the
+rig must be put in its safe state, and `SdflInputError` means the input was wrong.
+"""
+
+from __future__ import annotations
+
+
+class SdflError(Exception):
+    """Base class of every sdfl error."""
+
+
+# --- bad input -------------------------------------------------------------------------
+
+
+class SdflInputError(SdflError, ValueError):
+    """The input (a condition, a config file, a spectrum) is wrong; nothing was run."""
+
+
+class PlatformConfigError(SdflInputError):
+    """A platform config file is missing, unreadable or invalid.
+
+    The message names the file, the field and what is allowed.
+    """
+
+
+class InvalidCondition(SdflInputError):
+    """A condition names an unknown parameter, misses one, or is outside the bounds."""
+
+
+class InfeasibleCondition(SdflInputError):
+    """A condition is inside the bounds but breaks a formulation rule.
+
+    `rule` names the rule (for example ``min_total_flow``) so callers can count or
+    filter rejections without parsing the message.
+    """
+
+    def __init__(self, rule: str, message: str):
+        super().__init__(f"[rule {rule}] {message}")
+        self.rule = rule
+
+
+class InvalidSpectrum(SdflInputError):
+    """A spectrum holds NaN or infinite values, or has the wrong shape."""
+
+
+class SaturatedSpectrum(InvalidSpectrum):
+    """A spectrum reached the detector's full scale, so its peak is clipped."""
+
+
+# --- instrument failures ---------------------------------------------------------------
+
+
+class InstrumentError(SdflError):
+    """An instrument did not do what it was asked."""
+
+    def __init__(self, instrument: str, message: str):
+        super().__init__(f"{instrument}: {message}")
+        self.instrument = instrument
+
+
+class TransientInstrumentError(InstrumentError):
+    """A failure that a retry of the same step usually cures (noise on the line)."""
+
+
+class InstrumentTimeout(TransientInstrumentError):
+    """The instrument did not answer in time."""
+
+
+class GarbledReply(TransientInstrumentError):
+    """The instrument answered with bytes that do not parse."""
+
+
+class FatalInstrumentError(InstrumentError):
+    """A failure that needs a person: the rig goes to its safe state and the run stops."""
+
+
+class InstrumentDisconnected(FatalInstrumentError):
+    """The instrument is gone (unplugged, powered off, USB reset)."""
+
+
+class PumpStalled(FatalInstrumentError):
+    """A syringe pump stopped moving while it should be infusing."""
+
+
+class ClogDetected(FatalInstrumentError):
+    """Line pressure rose past its limit: a channel is blocked."""
+
+
+class SyringeEmpty(FatalInstrumentError):
+    """A syringe holds less liquid than the step needs, or ran dry."""
+
+
+class HeaterNotStable(FatalInstrumentError):
+    """The reactor did not settle at its set point within the allowed time."""
+
+
+class SafetyLimitExceeded(FatalInstrumentError):
+    """A request broke a hardware safety limit (temperature, rate, volume)."""

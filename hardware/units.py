@@ -1,0 +1,98 @@
+"""Physical quantities in config files ("840 uL", "600 uL/min", "150 degC"), parsed with pint.
+
+Every quantity is converted at the boundary to the one unit sdfl computes in, so the rest of
+the code works with plain floats whose unit is in the name (`volume_ul`, `flow_ul_min`).
+"""
+
+from __future__ import annotations
+
+import re
+from functools import lru_cache
+from typing import Annotated
+
+import pint
+from pydantic import BeforeValidator
+
+_NUMBER_AND_UNIT = re.compile(r"^\s*([-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)\s*(.*?)\s*$")
+
+# Canonical unit per dimension, with an example shown in error messages.
+CANONICAL = {
+    "volume": ("uL", "840 uL"),
+    "flowrate": ("uL/min", "600 uL/min"),
+    "time": ("s", "30 s"),
+    "temperature": ("degC", "150 degC"),
+    "temperature_delta": ("delta_degC", "0.5 K"),
+    "length": ("nm", "450 nm"),
+    "distance": ("mm", "28.6 mm"),
+    "concentration": ("mM", "7.5 mM"),
+    "fraction": ("dimensionless", "20 %"),
+}
+
+
+@lru_cache(maxsize=1)
+def registry() -> pint.UnitRegistry:
+    return pint.UnitRegistry(autoconvert_offset_to_baseunit=True)
+
+
+def parse_quantity(text: str | float) -> pint.Quantity:
+    """Parse "840 uL" into a pint quantity; a bare number is dimensionless."""
+    ureg = registry()
+    if isinstance(text, bool):
+        raise ValueError(f"expected a quantity such as '840 uL', got {text!r}")
+    if isinstance(text, (int, float)):
+        return ureg.Quantity(float(text), "dimensionless")
+    if not isinstance(text, str):
+        raise ValueError(f"expected a quantity such as '840 uL', got {text!r}")
+    match = _NUMBER_AND_UNIT.match(text)
+    if not match:
+        raise ValueError(f"cannot read {text!r}: write a number then a unit, such as '840 uL'")
+    number, unit = float(match.group(1)), match.group(2) or "dimensionless"
+    unit = unit.replace("%", "percent")
+    try:
+        return ureg.Quantity(number, unit)
+    except (pint.UndefinedUnitError, AttributeError, TypeError, ValueError) as exc:
+        raise ValueError(f"unknown unit {match.group(2)!r} in {text!r}") from exc
+
+
+def to_canonical(text: str | float, dimension: str) -> float:
+    """Parse `text` and return its magnitude in the canonical unit of `dimension`."""
+    unit, example = CANONICAL[dimension]
+    quantity = parse_quantity(text)
+    if dimension == "fraction" and isinstance(text, (int, float)):
+        return float(text)
+    if dimension != "fraction" and quantity.dimensionless:
+        raise ValueError(f"{text!r} has no unit: write a {dimension} such as '{example}'")
+    try:
+        return float(quantity.to(unit).magnitude)
+    except pint.DimensionalityError as exc:
+        raise ValueError(
+            f"{text!r} is not a {dimension}: write a {dimension} such as '{example}'"
+        ) from exc
+
+
+def unit_validator(dimension: str) -> BeforeValidator:
+    return BeforeValidator(lambda value: to_canonical(value, dimension))
+
+
+def check_unit(unit: str, dimension: str) -> str:
+    """Check that `unit` is a known unit of `dimension`; return it unchanged."""
+    canonical, example = CANONICAL[dimension]
+    try:
+        quantity = registry().Quantity(1.0, unit.replace("%", "percent"))
+    except (pint.UndefinedUnitError, AttributeError, TypeError, ValueError) as exc:
+        raise ValueError(f"unknown unit {unit!r}: use {canonical!r} (as in '{example}')") from exc
+    try:
+        quantity.to(canonical)
+    except pint.DimensionalityError as exc:
+        raise ValueError(f"unit {unit!r} is not a {dimension}: use {canonical!r}") from exc
+    return unit
+
+
+VolumeUL = Annotated[float, unit_validator("volume")]
+FlowULMin = Annotated[float, unit_validator("flowrate")]
+Seconds = Annotated[float, unit_validator("time")]
+Celsius = Annotated[float, unit_validator("temperature")]
+Kelvins = Annotated[float, unit_validator("temperature_delta")]
+Nanometres = Annotated[float, unit_validator("length")]
+Millimetres = Annotated[float, unit_validator("distance")]
+Fraction = Annotated[float, unit_validator("fraction")]

@@ -1,0 +1,71 @@
+"""Fault switches of the virtual lab, seeded so a failing run fails the same way every time.
+
+Faults come from the platform config (`[virtual.faults]`) or are switched on at run time
+(`lab.faults.plan.timeouts_next = 2`). Transient faults (timeouts, garbled replies) hit single
+commands; the others change the physics (a stalled pump stops, a clog stops every pump, an
+empty syringe runs dry, a spectrometer disconnects, a heater overshoots).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+from hardware.errors import GarbledReply, InstrumentTimeout
+
+
+class FaultPlan(BaseModel):
+    """Which faults are on. Everything is off by default."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    timeout_probability: float = Field(default=0.0, ge=0, le=1, description="per command")
+    garbled_probability: float = Field(default=0.0, ge=0, le=1, description="per command")
+    timeouts_next: int = Field(default=0, ge=0, description="the next N commands time out")
+    stall_pump: str | None = None
+    stall_at_s: float | None = Field(default=None, ge=0)
+    clog_at_s: float | None = Field(default=None, ge=0)
+    empty_pump: str | None = None
+    empty_fill_ul: float | None = Field(default=None, ge=0, description="start this syringe nearly empty")
+    disconnect_spectrometer: Literal["pl", "abs"] | None = None
+    disconnect_after_reads: int | None = Field(default=None, ge=0)
+    heater_overshoot: bool = False
+    light_leak_after_reads: int | None = Field(
+        default=None, ge=0, description="room light floods the PL cell after N reads (saturates it)")
+
+
+class FaultInjector:
+    """Draws the transient faults from a seeded generator; holds the plan for the others."""
+
+    def __init__(self, plan: FaultPlan, seed: int):
+        self.plan = plan
+        self._rng = np.random.default_rng([seed, 7919])
+        self.reads: dict[str, int] = {}
+
+    def command(self, instrument: str) -> None:
+        """Call before every instrument command: may raise a transient fault."""
+        plan = self.plan
+        if plan.timeouts_next > 0:
+            plan.timeouts_next -= 1
+            raise InstrumentTimeout(instrument, "no reply within 1.0 s (injected fault)")
+        if plan.timeout_probability and self._rng.random() < plan.timeout_probability:
+            raise InstrumentTimeout(instrument, "no reply within 1.0 s (injected fault)")
+        if plan.garbled_probability and self._rng.random() < plan.garbled_probability:
+            raise GarbledReply(instrument, "reply b'\\x8f?r\\xfe' does not parse (injected fault)")
+
+    def light_leak(self, role: str) -> bool:
+        """True when room light leaks into the PL cell (after the set number of PL reads)."""
+        after = self.plan.light_leak_after_reads
+        return role == "pl" and after is not None and self.reads.get(role, 0) > after
+
+    def count_read(self, role: str) -> bool:
+        """Count a spectrometer read; True when this spectrometer should now be gone."""
+        self.reads[role] = self.reads.get(role, 0) + 1
+        plan = self.plan
+        return (
+            plan.disconnect_spectrometer == role
+            and plan.disconnect_after_reads is not None
+            and self.reads[role] > plan.disconnect_after_reads
+        )

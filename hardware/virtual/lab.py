@@ -1,0 +1,260 @@
+"""The virtual lab: a physics-based twin of one platform, on a simulated clock.
+
+It wires the simulated instruments to the transport, chemistry and optics models. The
+instruments are the only way in for flows and tasks (they see a rig like any other); tests and
+benchmarks may also ask the lab for noiseless steady-state spectra (`steady_state_signals`).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from hardware.clock import SimClock
+from hardware.platform import PlatformConfig
+from hardware.virtual.chemistry import OpticalOutcome, ReactorState, load_chemistry
+from hardware.virtual.devices import VirtualHeater, VirtualLightSource, VirtualPump, VirtualSpectrometer
+from hardware.virtual.faults import FaultInjector, FaultPlan
+from hardware.virtual.optics import (
+    FLOW_CELL_PATH_CM,
+    Detector,
+    absorbance_per_cm,
+    lamp_spectrum,
+    led_spectrum,
+    render_bands,
+)
+from hardware.virtual.transport import FlowPath, mix_stocks
+
+PL_GAIN_CPS = 4.0e8
+"""Counts per second at the PL detector per unit of emission density, LED on."""
+LAMP_PEAK_CPS = 2.5e6
+"""Counts per second at the brightest lamp pixel, through solvent."""
+STRAY_LIGHT = 3.0e-4
+CLOG_STALL_AFTER_S = 15.0
+NORMAL_PRESSURE_KPA_PER_UL_MIN = 0.12
+
+
+
+class VirtualLab:
+    """One virtual rig. Build it with `VirtualLab(load_platform("virtual-cs3cu2i5"), seed=1)`."""
+
+    def __init__(self, platform: PlatformConfig, seed: int | None = None, faults: FaultPlan | None = None):
+        if platform.chemistry is None:
+            raise ValueError(f"platform {platform.platform.name!r} has no [chemistry] section to simulate")
+        self.platform = platform
+        v = platform.virtual
+        self.seed = v.seed if seed is None else int(seed)
+        self.rng = np.random.default_rng(self.seed)
+        self.clock = SimClock()
+        self.faults = FaultInjector((faults or v.faults).model_copy(), self.seed)
+        self.chemistry = load_chemistry(platform.chemistry.model, platform.chemistry.options, source=platform.source)
+        self._check_species()
+        self.path = FlowPath(platform, v.pump_response_time)
+        plan = self.faults.plan
+        self.pumps = {
+            p.name: VirtualPump(p, self, plan.empty_fill_ul if plan.empty_pump == p.name else None)
+            for p in platform.pumps
+        }
+        self.heater = VirtualHeater(platform.heater, platform.rules.max_temperature, self)
+        self.light_sources = {role: VirtualLightSource(cfg, self) for role, cfg in platform.light_sources.items()}
+        self.spectrometers = {role: VirtualSpectrometer(role, cfg, self) for role, cfg in platform.spectrometers.items()}
+        self.detectors = {
+            role: Detector.for_pixels(cfg.pixels, cfg.max_counts, np.random.default_rng([self.seed, i]))
+            for i, (role, cfg) in enumerate(sorted(platform.spectrometers.items()))
+        }
+        self._noise_state: dict[str, tuple[float, float]] = {}
+        self._visits: list[tuple[float, float]] = []
+        self._last_droplets_formed = np.zeros(0)
+        self._clog_handled = False
+
+    def _check_species(self) -> None:
+        from hardware.errors import PlatformConfigError
+
+        available = {k: "mM" for s in self.platform.stocks.values() for k in s.molar_mM}
+        available |= {k: "fraction" for s in self.platform.stocks.values() for k in s.volume_fraction}
+        for name, unit in self.chemistry.required_species.items():
+            if available.get(name) != unit:
+                raise PlatformConfigError(
+                    f"{self.platform.source}: chemistry model needs species {name!r} as {unit}, "
+                    f"but the stocks give {available.get(name, 'nothing')}"
+                )
+
+    # --- events -------------------------------------------------------------------------
+    def sync(self) -> None:
+        """Apply everything that happened up to now: automatic stops, empty syringes, faults."""
+        now = self.clock.now()
+        plan = self.faults.plan
+        for pump in self.pumps.values():
+            track = self.path.tracks[pump.name]
+            last = track.starts[-1]
+            stop_at = pump.scheduled_stop()
+            if plan.stall_pump == pump.name and plan.stall_at_s is not None and pump.alarm is None:
+                if plan.stall_at_s <= now and (stop_at is not None or track.rates[-1] > 0):
+                    pump.halt(max(plan.stall_at_s, last), alarm="stalled: motor not advancing")
+                    continue
+            if track.rates[-1] > 0 and pump.remaining_ul(now) <= 0:
+                pump.halt(self._time_empty(pump, last, now), alarm="syringe empty")
+                continue
+            if stop_at is not None and stop_at <= now:
+                pump.halt(max(stop_at, last))
+        if plan.clog_at_s is not None and not self._clog_handled and now >= plan.clog_at_s + CLOG_STALL_AFTER_S:
+            self._clog_handled = True
+            for pump in self.pumps.values():
+                if self.path.tracks[pump.name].rates[-1] > 0:
+                    last = self.path.tracks[pump.name].starts[-1]
+                    pump.halt(max(plan.clog_at_s + CLOG_STALL_AFTER_S, last), alarm="over pressure: line clogged")
+
+    def _time_empty(self, pump: VirtualPump, lo: float, hi: float) -> float:
+        for _ in range(50):
+            mid = 0.5 * (lo + hi)
+            if pump.remaining_ul(mid) > 0:
+                lo = mid
+            else:
+                hi = mid
+        return hi
+
+    def on_pumps_programmed(self, now: float) -> None:
+        """A new condition starts: its droplets get their own small absorbance offset.
+
+        Each start of the flows segments a little differently (droplet length, traces of
+        scattering), which the paper saw as a larger spread of Abs_300 between replicate
+        visits (~2.8 %) than within one steady run (~1.3 %).
+        """
+        if not self._visits or self._visits[-1][0] != now:
+            self._visits.append((now, self.platform.virtual.film_offset * self.rng.standard_normal()))
+
+    def visit_offsets(self, formed_s: np.ndarray) -> np.ndarray:
+        """The absorbance offset of droplets formed at the given times."""
+        if not self._visits:
+            return np.zeros_like(formed_s)
+        starts = np.array([v[0] for v in self._visits])
+        values = np.array([0.0] + [v[1] for v in self._visits])
+        return values[np.searchsorted(starts, formed_s, side="right")]
+
+    def accuracy_factor(self) -> float:
+        return 1.0 + self.platform.virtual.pump_accuracy * self.rng.standard_normal()
+
+    def pressure_kpa(self) -> float:
+        now = self.clock.now()
+        flow = sum(float(t.flow(now)) for t in self.path.tracks.values()) * 60.0
+        pressure = 20.0 + NORMAL_PRESSURE_KPA_PER_UL_MIN * flow
+        clog = self.faults.plan.clog_at_s
+        if clog is not None and now >= clog:
+            pressure *= np.exp(3.0 * min(now - clog, CLOG_STALL_AFTER_S) / CLOG_STALL_AFTER_S)
+        return float(pressure)
+
+    def refill_all(self) -> None:
+        for pump in self.pumps.values():
+            pump.refill()
+
+    # --- noise --------------------------------------------------------------------------
+    def _ou(self, channel: str, sigma: float, correlation_s: float | None = None) -> float:
+        """Ornstein-Uhlenbeck noise sampled at the current time (exact update)."""
+        now = self.clock.now()
+        tau = correlation_s or self.platform.virtual.noise_correlation_time
+        if channel not in self._noise_state:
+            value = sigma * self.rng.standard_normal()
+        else:
+            t_last, x = self._noise_state[channel]
+            if now == t_last:
+                return x
+            a = np.exp(-(now - t_last) / tau)
+            value = a * x + sigma * np.sqrt(1.0 - a * a) * self.rng.standard_normal()
+        self._noise_state[channel] = (now, value)
+        return value
+
+    # --- what the detectors see ----------------------------------------------------------
+    def droplet_outcome(self, role: str) -> tuple[OpticalOutcome, np.ndarray, np.ndarray, np.ndarray]:
+        """Chemistry of the droplets in a flow cell now: (outcome, weights, blank, reactive share)."""
+        now = self.clock.now()
+        drops = self.path.droplets_in_cell(role, now)
+        self._last_droplets_formed = drops.formed_s
+        hours = drops.formed_s / 3600.0
+        ageing = np.clip(1.0 - self.platform.virtual.stock_decay_per_hour * hours, 0.0, 1.0)
+        state = ReactorState(
+            molar_mM={k: v * ageing for k, v in drops.molar_mM.items()},
+            volume_fraction=drops.volume_fraction,
+            temperature_c=self.heater.temperature_at(drops.reactor_mid_s),
+            reaction_time_s=drops.reaction_time_s,
+            precursor_flow_ul_min=drops.precursor_flow_ul_min,
+        )
+        return self.chemistry.outcome(state), drops.weight, drops.blank, drops.reactive_fraction
+
+    def signal_cps(self, role: str) -> np.ndarray:
+        """Light on the detector of `role` now, in counts per second (before detector noise)."""
+        wl = self.spectrometers[role].wavelengths()
+        if not self.light_sources[role].is_on():
+            return np.zeros_like(wl)
+        outcome, weights, blank, reactive = self.droplet_outcome(role)
+        v = self.platform.virtual
+        amount = 1.0 + self._ou("process", v.process_noise)
+        live = weights * (~blank)
+        if role == "pl":
+            flicker = 1.0 + self._ou("pl", v.pl_noise)  # excitation LED output
+            return flicker * pl_signal(wl, outcome, live, reactive, amount, self.platform.spectrometers["pl"].resolution)
+        hours = self.clock.now() / 3600.0
+        lamp = 1.0 - v.lamp_drift_per_hour * hours
+        offsets = np.where(blank, 0.0, self.visit_offsets(self._last_droplets_formed))
+        return abs_signal(wl, outcome, live, weights, reactive, amount * (1.0 + self._ou("abs", v.absorbance_noise)),
+                          self.platform.spectrometers["abs"].resolution, lamp, offsets)
+
+    # --- noiseless steady state, for tests and benchmarks --------------------------------
+    def steady_state_signals(self, flows_ul_min: dict[str, np.ndarray], temperature_c, reaction_time_s):
+        """Noiseless PL and absorbance signals (cps) at steady state for many conditions at once.
+
+        Returns (pl_cps, abs_sample_cps, abs_reference_cps), each of shape (m, pixels).
+        """
+        reagents = {n: np.atleast_1d(np.asarray(q, dtype=float)) for n, q in flows_ul_min.items()
+                    if self.platform.pump(n).role == "reagent"}
+        precursor = sum(reagents.values())
+        carrier = self.platform.rules.carrier_pump
+        carrier_flow = np.atleast_1d(np.asarray(flows_ul_min.get(carrier, 0.0), dtype=float)) if carrier else 0.0
+        molar, fraction = mix_stocks(self.platform, reagents)
+        state = ReactorState(molar, fraction, np.atleast_1d(temperature_c).astype(float),
+                             np.atleast_1d(reaction_time_s).astype(float), precursor)
+        outcome = self.chemistry.outcome(state)
+        m = precursor.size
+        ones = np.ones(m)
+        reactive = precursor / (precursor + carrier_flow)
+        wl_pl = self.spectrometers["pl"].wavelengths()
+        wl_abs = self.spectrometers["abs"].wavelengths()
+        pl = pl_signal(wl_pl, outcome, ones, reactive, 1.0, self.platform.spectrometers["pl"].resolution, per_droplet=True)
+        res = self.platform.spectrometers["abs"].resolution
+        sample = abs_signal(wl_abs, outcome, ones, ones, reactive, 1.0, res, 1.0, 0.0, per_droplet=True)
+        blank = OpticalOutcome(emission=[], absorption=[])
+        reference = abs_signal(wl_abs, blank, np.zeros(1), np.ones(1), np.ones(1), 1.0, res, 1.0, 0.0)
+        return pl, sample, np.broadcast_to(reference, sample.shape)
+
+
+def pl_signal(wl, outcome, live, reactive, amount, resolution_nm, per_droplet=False):
+    """PL counts/s: each droplet emits in proportion to the excitation it absorbs."""
+    a_exc = absorbance_per_cm(np.array([300.0]), outcome)[:, 0] * FLOW_CELL_PATH_CM * amount
+    absorbed = 1.0 - 10.0 ** (-a_exc)
+    emission = render_bands(wl, outcome.emission, resolution_nm)
+    per = (live * reactive * absorbed)[:, None] * emission * PL_GAIN_CPS
+    turbidity = np.clip(np.atleast_1d(outcome.scattering_at_400nm), 0, None)
+    scatter = PL_GAIN_CPS * 1e-6 * (0.5 + 50.0 * turbidity)[:, None] * led_spectrum(wl)[None, :]
+    if per_droplet:
+        signal = per + scatter
+    else:
+        signal = per.sum(axis=0) + (np.asarray(live)[:, None] * scatter).sum(axis=0) / max(np.sum(live), 1e-12)
+    return signal + STRAY_LIGHT * 1e-3 * signal.mean(axis=-1, keepdims=True)
+
+
+def abs_signal(wl, outcome, live, weights, reactive, amount, resolution_nm, lamp_factor, offsets, per_droplet=False):
+    """Transmitted lamp light: a time average over droplets and carrier slugs in the beam.
+
+    `offsets` is an extra absorbance per droplet (flat in wavelength)."""
+    lamp = LAMP_PEAK_CPS * lamp_factor * lamp_spectrum(wl)
+    if outcome.absorption or np.any(np.asarray(outcome.edge_height)):
+        absorb = absorbance_per_cm(wl, outcome, resolution_nm) * FLOW_CELL_PATH_CM * amount
+        droplet_t = 10.0 ** (-(absorb + np.asarray(offsets, dtype=float).reshape(-1, 1)))
+    else:
+        droplet_t = np.ones((np.size(live), wl.size))
+    seen = np.asarray(reactive)[:, None] * droplet_t + (1.0 - np.asarray(reactive)[:, None])
+    seen = np.where(np.asarray(live)[:, None] > 0, seen, 1.0)
+    if per_droplet:
+        transmission = seen
+    else:
+        transmission = (np.asarray(weights)[:, None] * seen).sum(axis=0) / np.sum(weights)
+    signal = lamp * transmission
+    return signal + STRAY_LIGHT * signal.mean(axis=-1, keepdims=True)

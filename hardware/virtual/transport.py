@@ -1,0 +1,279 @@
+"""Transport in the virtual reactor: what is in a flow cell at a given moment.
+
+Everything runs in volume coordinates, so it holds for any sequence of flow changes:
+- each pump follows its set rate with a first-order lag (syringe and tubing compliance);
+- a stream (junction -> segmentation) is a single-phase line whose dispersion is that of
+  N stirred tanks in series; its outlet composition is exact for piecewise-constant inlets;
+- after segmentation each droplet keeps its own content; the droplets found in a flow cell
+  are spread around the plug-flow position by a narrow gamma distribution (N_eff tanks,
+  moment-matched over the segments on the way);
+- each droplet's reaction time is the time it spent in the heated segment, so a change of
+  flow makes the droplets already in the reactor see a mix of the old and new times.
+Steady state after ~1.2 tau is a consequence of these dispersions, not an input.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+from scipy import special, stats
+
+from hardware.platform import PlatformConfig
+
+# Droplets sampled per flow-cell reading (equal-weight quantiles of the dispersion).
+DROPLET_NODES = 64
+
+
+@dataclass
+class PumpTrack:
+    """Set-rate history of one pump; actual flow lags the set rate by `lag_s`."""
+
+    lag_s: float
+    starts: list[float] = field(default_factory=lambda: [-1e12])
+    rates: list[float] = field(default_factory=lambda: [0.0])
+    flow_at_start: list[float] = field(default_factory=lambda: [0.0])
+    volume_at_start: list[float] = field(default_factory=lambda: [0.0])
+
+    def set_rate(self, t: float, rate_ul_min: float) -> None:
+        if t < self.starts[-1]:
+            raise ValueError("pump history must grow forward in time")
+        q, v = float(self.flow(t)), float(self.volume(t))
+        if t == self.starts[-1]:
+            self.rates[-1] = rate_ul_min
+            return
+        self.starts.append(t)
+        self.rates.append(rate_ul_min / 60.0)  # uL/s inside
+        self.flow_at_start.append(q)
+        self.volume_at_start.append(v)
+
+    def _parts(self, t):
+        t = np.asarray(t, dtype=float)
+        i = np.searchsorted(self.starts, t, side="right") - 1
+        i = np.clip(i, 0, len(self.starts) - 1)
+        dt = np.maximum(t - np.asarray(self.starts)[i], 0.0)
+        return i, dt
+
+    def flow(self, t):
+        """Actual flow in uL/s."""
+        i, dt = self._parts(t)
+        r, q0 = np.asarray(self.rates)[i], np.asarray(self.flow_at_start)[i]
+        decay = np.exp(-dt / self.lag_s) if self.lag_s > 0 else 0.0
+        return r + (q0 - r) * decay
+
+    def volume(self, t):
+        """Cumulative dispensed volume in uL."""
+        i, dt = self._parts(t)
+        r, q0, v0 = (np.asarray(a)[i] for a in (self.rates, self.flow_at_start, self.volume_at_start))
+        ramp = self.lag_s * (1.0 - np.exp(-dt / self.lag_s)) if self.lag_s > 0 else 0.0
+        return v0 + r * dt + (q0 - r) * ramp
+
+    def change_times(self) -> list[float]:
+        return self.starts[1:]
+
+
+def mix_stocks(platform: PlatformConfig, rates: dict[str, float | np.ndarray]) -> tuple[dict, dict]:
+    """Flow-weighted composition of the liquid from the given pumps: (molar mM, volume fractions)."""
+    molar_keys = sorted({k for s in platform.stocks.values() for k in s.molar_mM})
+    fraction_keys = sorted({k for s in platform.stocks.values() for k in s.volume_fraction})
+    total = sum(np.asarray(r, dtype=float) for r in rates.values())
+    safe = np.where(total > 0, total, 1.0)
+    molar, fraction = {}, {}
+    for key in molar_keys:
+        molar[key] = sum(np.asarray(r, dtype=float) * platform.stocks[platform.pump(n).stock].molar_mM.get(key, 0.0)
+                         for n, r in rates.items()) / safe
+    for key in fraction_keys:
+        fraction[key] = sum(np.asarray(r, dtype=float)
+                            * platform.stocks[platform.pump(n).stock].volume_fraction.get(key, 0.0)
+                            for n, r in rates.items()) / safe
+    return molar, fraction
+
+
+def invert_monotone(times: np.ndarray, values: np.ndarray, targets: np.ndarray) -> np.ndarray:
+    """First time at which a non-decreasing sampled function reaches each target."""
+    idx = np.searchsorted(values, targets, side="left")
+    idx = np.clip(idx, 1, len(values) - 1)
+    v0, v1 = values[idx - 1], values[idx]
+    t0, t1 = times[idx - 1], times[idx]
+    span = np.where(v1 > v0, v1 - v0, 1.0)
+    frac = np.clip((targets - v0) / span, 0.0, 1.0)
+    return t0 + frac * (t1 - t0)
+
+
+@dataclass
+class Droplets:
+    """The droplets in a flow cell at one moment, with what each one saw."""
+
+    weight: np.ndarray
+    blank: np.ndarray
+    """True for liquid that was in the tubing before the first pump started (solvent)."""
+    formed_s: np.ndarray
+    molar_mM: dict[str, np.ndarray]
+    volume_fraction: dict[str, np.ndarray]
+    reaction_time_s: np.ndarray
+    reactor_mid_s: np.ndarray
+    """Time at the middle of each droplet's stay in the reactor (for its temperature)."""
+    precursor_flow_ul_min: np.ndarray
+    reactive_fraction: np.ndarray
+    """Share of the tube volume that is reactive phase (the rest is carrier)."""
+
+
+class FlowPath:
+    """Streams, segmentation and the post-junction path of one platform."""
+
+    def __init__(self, platform: PlatformConfig, pump_lag_s: float):
+        self.platform = platform
+        self.tracks = {p.name: PumpTrack(lag_s=pump_lag_s) for p in platform.pumps}
+        self.streams = platform.streams
+        self.carrier = platform.rules.carrier_pump
+        self._epoch_cache: dict = {}
+        self.species_molar = sorted({k for s in platform.stocks.values() for k in s.molar_mM})
+        self.species_fraction = sorted({k for s in platform.stocks.values() for k in s.volume_fraction})
+        # Post-junction geometry, cumulative volumes along the path.
+        edges = np.cumsum([0.0] + [s.volume for s in platform.path])
+        self._reactor_start = edges[[s.heated for s in platform.path].index(True)]
+        self._reactor_volume = platform.reactor.volume
+        self._cells = {}
+        for i, seg in enumerate(platform.path):
+            if seg.detector:
+                mean = edges[i] + 0.5 * seg.volume
+                var = sum(s.volume**2 / s.dispersion_tanks for s in platform.path[:i])
+                var += (0.5 * seg.volume) ** 2 / seg.dispersion_tanks
+                self._cells[seg.detector] = (mean, var)
+
+    # --- recording ---------------------------------------------------------------------
+    def set_rate(self, pump: str, t: float, rate_ul_min: float) -> None:
+        self.tracks[pump].set_rate(t, rate_ul_min)
+
+    # --- queries -----------------------------------------------------------------------
+    def _stream_pumps(self, stream: str):
+        return [p for p in self.platform.pumps if p.stream == stream]
+
+    def stream_volume(self, stream: str, t):
+        return sum(self.tracks[p.name].volume(t) for p in self._stream_pumps(stream))
+
+    def stream_flow(self, stream: str, t):
+        return sum(self.tracks[p.name].flow(t) for p in self._stream_pumps(stream))
+
+    def post_volume(self, t):
+        total = sum(self.stream_volume(s.name, t) for s in self.streams)
+        if self.carrier:
+            total = total + self.tracks[self.carrier].volume(t)
+        return total
+
+    def _stream_epochs(self, stream: str):
+        """Change times of the stream's inlet composition, with the composition after each."""
+        pumps = self._stream_pumps(stream)
+        key = (stream, sum(len(self.tracks[p.name].starts) for p in pumps))
+        if key in self._epoch_cache:
+            return self._epoch_cache[key]
+        times = sorted({t for p in pumps for t in self.tracks[p.name].change_times()})
+        epochs = []
+        previous = None
+        for t in times:
+            rates = {p.name: float(np.asarray(self.tracks[p.name].rates)[
+                np.searchsorted(self.tracks[p.name].starts, t, side="right") - 1]) for p in pumps}
+            if sum(rates.values()) <= 0:
+                continue  # nothing flows: no new liquid enters
+            molar, fraction = mix_stocks(self.platform, rates)
+            comp = {k: float(v) for k, v in {**molar, **fraction}.items()}
+            if comp != previous:
+                epochs.append((t, comp, float(self.stream_volume(stream, t))))
+                previous = comp
+        self._epoch_cache[key] = epochs
+        return epochs
+
+    def stream_outlet(self, stream_cfg, t: np.ndarray) -> dict[str, np.ndarray]:
+        """Composition leaving a stream's line at times `t` (tanks in series, volume coordinate)."""
+        keys = self.species_molar + self.species_fraction
+        out = {k: np.zeros_like(t, dtype=float) for k in keys}
+        w_now = self.stream_volume(stream_cfg.name, t)
+        n = stream_cfg.dispersion_tanks
+        previous = {k: 0.0 for k in keys}
+        for _, comp, w_e in self._stream_epochs(stream_cfg.name):
+            passed = np.maximum(w_now - w_e, 0.0) / stream_cfg.line_volume
+            share = special.gammainc(n, n * passed)
+            for k in keys:
+                out[k] += (comp[k] - previous[k]) * share
+            previous = comp
+        return out
+
+    def droplets_in_cell(self, detector: str, t: float) -> Droplets:
+        """The droplets seen by the `detector` flow cell at time `t`."""
+        mean, var = self._cells[detector]
+        n_eff = mean**2 / var
+        q = (np.arange(DROPLET_NODES) + 0.5) / DROPLET_NODES
+        offsets = stats.gamma.ppf(q, a=n_eff, scale=mean / n_eff)
+        p_now = float(self.post_volume(t))
+        p0 = p_now - offsets
+        blank = p0 <= 0.0
+
+        # Sample the post-junction volume on a time grid to invert it.
+        grid = self._time_grid(t, p_now - float(offsets[-1]))
+        p_grid = self.post_volume(grid)
+        formed = invert_monotone(grid, p_grid, np.maximum(p0, 0.0))
+        left = invert_monotone(grid, p_grid, np.maximum(p0, 0.0) + self._reactor_volume)
+        reaction_time = np.maximum(left - formed, 0.0)
+
+        molar = {k: np.zeros(DROPLET_NODES) for k in self.species_molar}
+        fraction = {k: np.zeros(DROPLET_NODES) for k in self.species_fraction}
+        flows = {s.name: self.stream_flow(s.name, formed) for s in self.streams}
+        precursor = sum(flows.values())
+        safe_total = np.where(precursor > 0, precursor, 1.0)
+        for stream in self.streams:
+            comp = self.stream_outlet(stream, formed)
+            share = flows[stream.name] / safe_total
+            for k in molar:
+                molar[k] += share * comp[k]
+            for k in fraction:
+                fraction[k] += share * comp[k]
+        carrier = self.tracks[self.carrier].flow(formed) if self.carrier else 0.0
+        reactive = precursor / np.maximum(precursor + carrier, 1e-12)
+        return Droplets(
+            weight=np.full(DROPLET_NODES, 1.0 / DROPLET_NODES),
+            blank=blank,
+            formed_s=formed,
+            molar_mM=molar,
+            volume_fraction=fraction,
+            reaction_time_s=reaction_time,
+            reactor_mid_s=formed + 0.5 * reaction_time,
+            precursor_flow_ul_min=precursor * 60.0,
+            reactive_fraction=np.where(blank, 0.5, reactive),
+        )
+
+    def _time_grid(self, t: float, oldest_volume: float) -> np.ndarray:
+        """Times from when the oldest droplet of interest formed to `t`, dense enough to invert."""
+        lo, hi = self._first_change(), t
+        if oldest_volume > 0 and lo < t:
+            # Bisection on the (monotone) post-junction volume for the oldest droplet.
+            for _ in range(60):
+                mid = 0.5 * (lo + hi)
+                if float(self.post_volume(mid)) < oldest_volume:
+                    lo = mid
+                else:
+                    hi = mid
+            start = lo
+        else:
+            start = self._first_change()
+        start = min(start, t - 1.0)
+        lag = max(tr.lag_s for tr in self.tracks.values())
+        changes = [c for tr in self.tracks.values() for c in tr.change_times() if start <= c <= t]
+        base = np.linspace(start, t, 400)
+        extra = [np.linspace(c, min(c + 8 * lag + 1e-9, t), 48) for c in changes]
+        return np.unique(np.concatenate([base, *extra, [t]]))
+
+    def _first_change(self) -> float:
+        changes = [c for tr in self.tracks.values() for c in tr.change_times()]
+        return min(changes) if changes else 0.0
+
+    def tau_s(self, detector: str, t: float) -> float:
+        """Mean residence time at the current flows (stream line + path to the cell)."""
+        mean, _ = self._cells[detector]
+        stream = next(s for s in self.streams if s.name == self.platform.rules.tau_from_stream)
+        q_stream = float(self.stream_flow(stream.name, t))
+        q_post = float(sum(self.stream_flow(s.name, t) for s in self.streams))
+        if self.carrier:
+            q_post += float(self.tracks[self.carrier].flow(t))
+        if q_stream <= 0 or q_post <= 0:
+            return float("inf")
+        return stream.line_volume / q_stream + mean / q_post
