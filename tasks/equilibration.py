@@ -1,0 +1,178 @@
+"""Equilibration: heater stable, pumps on, wait t_E = 1.2 tau; optionally confirm steady state from
+the spectra themselves.
+
+All waits run on the platform clock (simulated on the virtual lab). While waiting, the pumps
+are polled so a stall, a clog or an empty syringe stops the experiment at once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from hardware.errors import ClogDetected, HeaterNotStable, PumpStalled, SyringeEmpty
+from hardware.interfaces import Clock, TemperatureController
+from hardware.rig import Rig
+from tasks.formulation import Formulation
+from tasks.retry import INSTRUMENT_RETRIES, INSTRUMENT_RETRY_DELAYS_S, is_transient
+
+HEATER_POLL_S = 2.0
+
+
+@dataclass
+class EquilibrationReport:
+    heater_wait_s: float
+    temperature_c: float
+    t_pumps_on_s: float
+    t_E_s: float
+    steady: bool | None = None
+    """None without a spectral check; else whether the spectra settled before the limit."""
+    steady_extra_wait_s: float = 0.0
+    steady_changes: list[float] = field(default_factory=list)
+    t_done_s: float = 0.0
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def wait_heater_stable(
+    heater: TemperatureController,
+    clock: Clock,
+    setpoint_c: float,
+    band_c: float,
+    hold_s: float,
+    max_wait_s: float,
+    poll_s: float = HEATER_POLL_S,
+) -> float:
+    """Set the heater and wait until it stays within +/- band_c for hold_s. Returns the wait."""
+    heater.set_setpoint(setpoint_c)
+    start = clock.now()
+    stable_since = None
+    while True:
+        now = clock.now()
+        temperature = heater.read_temperature()
+        if abs(temperature - setpoint_c) <= band_c:
+            stable_since = now if stable_since is None else stable_since
+            if now - stable_since >= hold_s:
+                return now - start
+        else:
+            stable_since = None
+        if now - start > max_wait_s:
+            raise HeaterNotStable(
+                heater.name,
+                f"not within +/-{band_c:g} C of {setpoint_c:g} C after {max_wait_s:.0f} s (reads {temperature:.2f} C); "
+                "check the heater and the thermocouple",
+            )
+        clock.sleep(poll_s)
+
+
+def start_pumps(rig: Rig, formulation: Formulation, run_time_s: float | None = None) -> float:
+    """Program each pump with a finite infusion (need x volume margin) and start it.
+
+    Pumps that this condition does not use are stopped. `run_time_s` overrides how long the
+    pumps should be able to run. Returns the platform time of the start.
+    """
+    margin = rig.platform.rules.volume_margin
+    scale = 1.0 if run_time_s is None else run_time_s / formulation.run_time_s
+    for name, pump in rig.pumps.items():
+        if formulation.flows_ul_min[name] <= 0:
+            pump.stop()
+    start = rig.clock.now()
+    for name, pump in rig.pumps.items():
+        rate = formulation.flows_ul_min[name]
+        if rate > 0:
+            pump.infuse(rate, formulation.volumes_ul[name] * margin * scale)
+    return start
+
+
+def check_pumps(rig: Rig, formulation: Formulation) -> None:
+    """Raise the named error if a pump that should run reports an alarm or has stopped."""
+    for name, pump in rig.pumps.items():
+        if formulation.flows_ul_min[name] <= 0:
+            continue
+        status = pump.status()
+        alarm = status.alarm or ""
+        if "empty" in alarm:
+            raise SyringeEmpty(name, f"syringe ran dry ({alarm}); refill it and repeat the experiment")
+        if "pressure" in alarm or "clog" in alarm:
+            raise ClogDetected(name, f"{alarm} at {status.pressure_kpa or float('nan'):.0f} kPa; clear the line")
+        if alarm or not status.running:
+            raise PumpStalled(name, f"pump stopped while it should infuse ({alarm or 'not running'})")
+
+
+def wait_on_clock(rig: Rig, formulation: Formulation, seconds: float, poll_s: float) -> None:
+    """Wait `seconds` on the platform clock, checking the pumps every `poll_s`."""
+    end = rig.clock.now() + seconds
+    while True:
+        remaining = end - rig.clock.now()
+        if remaining <= 1e-9:
+            break
+        rig.clock.sleep(min(poll_s, remaining))
+        check_pumps(rig, formulation)
+
+
+def relative_change(readings: list[float], window: int) -> float | None:
+    """|mean of the last `window` readings - mean of the `window` before| / the earlier mean."""
+    if len(readings) < 2 * window:
+        return None
+    recent = float(np.mean(readings[-window:]))
+    earlier = float(np.mean(readings[-2 * window : -window]))
+    if earlier == 0:
+        return float("inf") if recent != earlier else 0.0
+    return abs(recent - earlier) / abs(earlier)
+
+
+def equilibrate(rig: Rig, formulation: Formulation, steady_check: bool | None = None, pl_reading=None) -> EquilibrationReport:
+    """Heater stable, pumps on, wait t_E; then (optionally) wait for the spectra to settle.
+
+    `pl_reading()` returns one scalar PL reading (used by the spectral check); the acquisition
+    module provides it.
+    """
+    cfg = rig.platform
+    heater_cfg = cfg.heater
+    heater_wait = wait_heater_stable(
+        rig.heater, rig.clock, formulation.temperature_c, heater_cfg.stable_band,
+        heater_cfg.stable_hold, heater_cfg.max_wait,
+    )
+    t_on = start_pumps(rig, formulation)
+    eq = cfg.equilibration
+    wait_on_clock(rig, formulation, formulation.t_E_s, eq.poll_interval)
+    report = EquilibrationReport(
+        heater_wait_s=heater_wait,
+        temperature_c=rig.heater.read_temperature(),
+        t_pumps_on_s=t_on,
+        t_E_s=formulation.t_E_s,
+    )
+    check = eq.steady_check if steady_check is None else steady_check
+    if check:
+        if pl_reading is None:
+            raise ValueError("the spectral steady-state check needs a pl_reading function")
+        limit = eq.max_wait_tau * formulation.tau_s
+        readings: list[float] = []
+        report.steady = False
+        while True:
+            readings.append(float(pl_reading()))
+            change = relative_change(readings, eq.steady_readings)
+            if change is not None:
+                report.steady_changes.append(change)
+                if change < eq.steady_threshold:
+                    report.steady = True
+                    break
+            if rig.clock.now() - t_on >= limit:
+                break
+            wait_on_clock(rig, formulation, eq.steady_interval, eq.poll_interval)
+        report.steady_extra_wait_s = rig.clock.now() - t_on - formulation.t_E_s
+    report.t_done_s = rig.clock.now()
+    return report
+
+
+# --- Prefect task ---------------------------------------------------------------------------
+
+
+equilibrate_task = task(
+    name="equilibrate", cache_policy=NO_CACHE, retries=INSTRUMENT_RETRIES,
+    retry_delay_seconds=INSTRUMENT_RETRY_DELAYS_S, retry_condition_fn=is_transient,
+)(equilibrate)

@@ -1,0 +1,85 @@
+"""The noiseless digital twin over the parameter space: true features and the true optimum.
+
+For tests and benchmarks: what the virtual lab would measure at perfect steady state with no
+noise, for many conditions at once, through the same formulation and feature code the loop uses.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cached_property
+
+import numpy as np
+import pandas as pd
+from scipy import optimize
+
+from hardware.platform import PlatformConfig
+from hardware.virtual.lab import VirtualLab
+from tasks.features import FeatureSettings, extract_features
+from tasks.formulation import formulate
+
+
+@dataclass
+class Optimum:
+    condition: dict[str, float]
+    value: float
+    objective: str
+
+
+class DigitalTwin:
+    """Steady-state, noiseless response of a virtual platform."""
+
+    def __init__(self, platform: PlatformConfig, seed: int = 0):
+        self.platform = platform
+        self.lab = VirtualLab(platform, seed=seed)
+        self.settings = FeatureSettings.from_config(platform.features)
+
+    @property
+    def names(self) -> list[str]:
+        return self.platform.parameter_names
+
+    def features(self, conditions: list[dict[str, float]] | pd.DataFrame, check_bounds: bool = True) -> pd.DataFrame:
+        """Noiseless features (and the model's own truths: plqy, yield...) for each condition."""
+        rows = conditions.to_dict(orient="records") if isinstance(conditions, pd.DataFrame) else list(conditions)
+        plans = [formulate(row, self.platform, check_bounds=check_bounds) for row in rows]
+        flows = {p.name: np.array([plan.flows_ul_min[p.name] for plan in plans]) for p in self.platform.pumps}
+        temperature = np.array([plan.temperature_c for plan in plans])
+        reaction_time = np.array([plan.reaction_time_s for plan in plans])
+        pl, sample, reference = self.lab.steady_state_signals(flows, temperature, reaction_time)
+        absorbance = -np.log10(np.clip(sample / reference, 1e-6, None))
+        wl_pl = self.lab.spectrometers["pl"].wavelengths()
+        wl_abs = self.lab.spectrometers["abs"].wavelengths()
+        table = extract_features(wl_pl, pl, absorbance, self.settings, abs_wavelengths_nm=wl_abs)
+        truths = self.truths(flows, temperature, reaction_time)
+        return pd.concat([pd.DataFrame(rows), table, truths], axis=1)
+
+    def truths(self, flows, temperature, reaction_time) -> pd.DataFrame:
+        from hardware.virtual.chemistry import ReactorState
+        from hardware.virtual.transport import mix_stocks
+
+        reagents = {n: q for n, q in flows.items() if self.platform.pump(n).role == "reagent"}
+        molar, fraction = mix_stocks(self.platform, reagents)
+        state = ReactorState(molar, fraction, temperature, reaction_time, sum(reagents.values()))
+        extras = self.lab.chemistry.outcome(state).extras
+        return pd.DataFrame({k: np.broadcast_to(np.asarray(v, dtype=float), temperature.shape)
+                             for k, v in extras.items()})
+
+    def objective(self, x: np.ndarray, objective: str) -> np.ndarray:
+        """Objective for rows of parameter vectors (space order)."""
+        rows = [dict(zip(self.names, map(float, row))) for row in np.atleast_2d(x)]
+        return self.features(rows)[objective].to_numpy()
+
+    @cached_property
+    def _bounds(self) -> list[tuple[float, float]]:
+        return [(p.low, p.high) for p in self.platform.parameters]
+
+    def true_optimum(self, objective: str = "PL_I", seed: int = 0) -> Optimum:
+        """The global maximum of `objective` over the space (differential evolution + polish)."""
+        result = optimize.differential_evolution(
+            lambda X: -self.objective(X.T, objective), self._bounds, seed=seed, vectorized=True,
+            popsize=30, tol=1e-8, maxiter=300, polish=False,
+        )
+        polished = optimize.minimize(lambda x: -self.objective(x, objective)[0], result.x,
+                                     method="L-BFGS-B", bounds=self._bounds)
+        best = polished if polished.fun < result.fun else result
+        return Optimum(dict(zip(self.names, map(float, best.x))), float(-best.fun), objective)
