@@ -1,0 +1,221 @@
+"""The `sdfl` command: run experiments and studies, inspect platforms and data.
+
+    sdfl platform                       show the default platform's parameter space
+    sdfl experiment --set temperature_c=145 --set reaction_time_s=28
+    sdfl study residence-time --reaction-times 25 31 42
+    sdfl data --campaign demo           the recorded experiments
+    sdfl demo                           the residence-time study and a few experiments
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from contextlib import contextmanager
+
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+
+SUMMARY_COLUMNS = ["experiment_id", "status", "temperature_c", "reaction_time_s", "cui_fraction", "tau_s", "t_E_s",
+                   "PL_peak_nm", "PL_I", "PL_I_sd", "PL_A", "FWHM_nm", "Abs_300", "SNR"]
+
+
+def _parse_pairs(pairs: list[str] | None, what: str) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for pair in pairs or []:
+        name, sep, value = pair.partition("=")
+        if not sep:
+            raise SystemExit(f"sdfl: {what} {pair!r} must look like name=value")
+        try:
+            out[name.strip()] = float(value)
+        except ValueError:
+            raise SystemExit(f"sdfl: {what} {pair!r}: {value!r} is not a number") from None
+    return out
+
+
+@contextmanager
+def _quick_prefect():
+    """No flow-run heartbeats for short interactive runs (they add ~1 s per run)."""
+    from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
+
+    with temporary_settings({PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
+        yield
+
+
+def _print_frame(frame, columns=None) -> None:
+    if frame is None or len(frame) == 0:
+        print("(no rows)")
+        return
+    columns = [c for c in (columns or frame.columns) if c in frame.columns]
+    print(frame[columns].to_markdown(index=False, floatfmt=".4g"))
+
+
+def cmd_platform(args) -> int:
+    from hardware.platform import load_platform, shipped_platforms
+
+    if args.list:
+        print("\n".join(shipped_platforms()))
+        return 0
+    cfg = load_platform(args.platform)
+    print(f"{cfg.platform.name} ({cfg.platform.kind}): {cfg.platform.description}\nfile: {cfg.source}\n")
+    print("parameter space:")
+    for p in cfg.parameters:
+        print(f"  {p.name:<18} [{p.low:g}, {p.high:g}] {p.unit if p.unit != '1' else '':<5} {p.description}")
+    print("\npumps:")
+    for p in cfg.pumps:
+        print(f"  {p.name:<10} {p.role:<8} stock {p.stock:<10} syringe {p.syringe_volume / 1000:g} mL, "
+              f"{p.min_rate:g}-{p.max_rate:g} uL/min")
+    return 0
+
+
+def _condition_from_args(cfg, settings: dict[str, float]) -> dict[str, float]:
+    from flows.characterize import centre_condition
+
+    condition = centre_condition(cfg)
+    unknown = sorted(set(settings) - set(condition))
+    if unknown:
+        raise SystemExit(f"sdfl: unknown parameter(s) {unknown}; the space is: {cfg.describe_space()}")
+    defaulted = sorted(set(condition) - set(settings))
+    if defaulted:
+        print(f"(centre of the space for: {', '.join(defaulted)})")
+    condition.update(settings)
+    return condition
+
+
+def cmd_experiment(args) -> int:
+    import pandas as pd
+
+    from flows.experiment import run_experiment
+    from hardware.platform import load_platform
+
+    cfg = load_platform(args.platform)
+    flows = _parse_pairs(args.flow, "--flow")
+    kwargs = dict(platform=args.platform, campaign=args.campaign, replicates=args.replicates,
+                  steady_check=args.steady_check or None, data_root=args.data_root, seed=args.seed)
+    if flows:
+        if args.temperature is None:
+            raise SystemExit("sdfl: --flow needs --temperature too")
+        kwargs.update(flowrates_ul_min=flows, temperature_c=args.temperature)
+    else:
+        kwargs.update(condition=_condition_from_args(cfg, _parse_pairs(args.set, "--set")))
+    with _quick_prefect():
+        row = run_experiment(**kwargs)
+    if args.json:
+        print(json.dumps(row, default=str, indent=1))
+    else:
+        _print_frame(pd.DataFrame([row]), SUMMARY_COLUMNS)
+    return 0
+
+
+def cmd_study(args) -> int:
+    import pandas as pd
+
+    from flows.characterize import residence_time_study
+
+    base = _parse_pairs(args.set, "--set") or None
+    if base is not None:
+        from hardware.platform import load_platform
+
+        base = _condition_from_args(load_platform(args.platform), base)
+    with _quick_prefect():
+        result = residence_time_study(platform=args.platform, reaction_times_s=args.reaction_times,
+                                      base_condition=base, follow_tau=args.follow_tau, interval_s=args.interval,
+                                      data_root=args.data_root, seed=args.seed)
+    print("\nresidence-time study: settling time per step (slowest of Abs_300, PL_I, PL_A)")
+    _print_frame(pd.DataFrame(result["steps"]))
+    print(f"\nfiles: {result['folder']}")
+    return 0
+
+
+def cmd_data(args) -> int:
+    from tasks.storage import data_root, read_experiments
+
+    frame = read_experiments(args.data_root, args.campaign)
+    print(f"data root: {data_root(args.data_root)}  ({len(frame)} experiments)")
+    _print_frame(frame, ["campaign", *SUMMARY_COLUMNS, "failure_reason"] if not args.all else None)
+    return 0
+
+
+def cmd_demo(args) -> int:
+    import pandas as pd
+
+    from flows.demo import demo
+
+    with _quick_prefect():
+        result = demo(data_root=args.data_root, seed=args.seed)
+    print("\n== residence-time study: settling time per step (slowest of Abs_300, PL_I, PL_A) ==")
+    _print_frame(pd.DataFrame(result["study"]["steps"]))
+    print("\n== experiments (campaign 'demo', a Latin-hypercube design) ==")
+    _print_frame(pd.DataFrame(result["experiments"]), SUMMARY_COLUMNS)
+    print(f"\nstudy files: {result['study']['folder']}")
+    print("all experiments: sdfl data --campaign demo   (Parquet under the data root)")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from hardware.platform import DEFAULT_PLATFORM
+
+    parser = argparse.ArgumentParser(prog="sdfl", description="Self-driving fluidic lab: flows over real "
+                                     "instruments and a physics-based virtual lab.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def common(p, campaign=True):
+        p.add_argument("--platform", default=DEFAULT_PLATFORM, help="shipped platform name or path to a .toml")
+        p.add_argument("--data-root", default=None, help="dataset root (default $SDFL_DATA_ROOT or ./data)")
+        p.add_argument("--seed", type=int, default=None, help="virtual lab seed (default: the platform's)")
+        if campaign:
+            p.add_argument("--campaign", default="default", help="campaign name (dataset partition)")
+
+    p = sub.add_parser("platform", help="show a platform's parameter space and pumps")
+    p.add_argument("platform", nargs="?", default=DEFAULT_PLATFORM)
+    p.add_argument("--list", action="store_true", help="list the shipped platforms")
+    p.set_defaults(func=cmd_platform)
+
+    p = sub.add_parser("experiment", help="run one condition end to end and record it")
+    common(p)
+    p.add_argument("--set", action="append", metavar="NAME=VALUE",
+                   help="a parameter of the space (others default to the centre of the space)")
+    p.add_argument("--flow", action="append", metavar="PUMP=UL_MIN", help="explicit pump flowrates instead")
+    p.add_argument("--temperature", type=float, help="reactor temperature (C), with --flow")
+    p.add_argument("--replicates", type=int, default=None)
+    p.add_argument("--steady-check", action="store_true", help="also confirm steady state from the spectra")
+    p.add_argument("--json", action="store_true", help="print the whole record as JSON")
+    p.set_defaults(func=cmd_experiment)
+
+    p = sub.add_parser("study", help="characterization studies")
+    study = p.add_subparsers(dest="study", required=True)
+    q = study.add_parser("residence-time", help="step between reaction times and time the transients")
+    common(q, campaign=False)
+    q.add_argument("--reaction-times", type=float, nargs="+", default=[25.0, 31.0, 42.0])
+    q.add_argument("--follow-tau", type=float, default=3.0, help="how long to follow each step, in tau")
+    q.add_argument("--interval", type=float, default=1.0, help="seconds between spectra")
+    q.add_argument("--set", action="append", metavar="NAME=VALUE", help="base condition (default: centre)")
+    q.set_defaults(func=cmd_study)
+
+    p = sub.add_parser("data", help="show the recorded experiments")
+    p.add_argument("--campaign", default=None)
+    p.add_argument("--data-root", default=None)
+    p.add_argument("--all", action="store_true", help="every column")
+    p.set_defaults(func=cmd_data)
+
+    p = sub.add_parser("demo", help="residence-time study + a few experiments on the virtual lab")
+    p.add_argument("--data-root", default=None)
+    p.add_argument("--seed", type=int, default=None)
+    p.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    from hardware.errors import SdflError
+
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except SdflError as exc:
+        print(f"sdfl: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,241 @@
+"""run_experiment: one condition end to end (formulate, equilibrate, acquire, extract, record).
+
+Retries cover instrument I/O only (timeouts, garbled replies). Any other failure after the rig
+was touched puts it in its safe state (pumps stopped, heater to standby, lights off) and writes
+the experiment as failed; cancellation and crashes do the same from Prefect hooks.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from prefect import flow, get_run_logger
+from prefect.runtime import flow_run as current_flow_run
+
+from hardware.errors import SdflInputError
+from hardware.platform import DEFAULT_PLATFORM, PlatformConfig, load_platform
+from hardware.rig import Rig, open_rig
+from tasks import acquisition, equilibration, features, formulation, storage
+from tasks.records import experiment_row, new_experiment_id, now_utc, summarize_features
+
+Finish = Literal["stop", "hold"]
+
+
+@dataclass(frozen=True)
+class Steps:
+    """The step functions an experiment calls: plain functions or their Prefect tasks."""
+
+    formulate: Callable
+    formulate_from_flowrates: Callable
+    reference: Callable
+    equilibrate: Callable
+    acquire: Callable
+    extract: Callable
+    record: Callable
+
+
+PLAIN_STEPS = Steps(
+    formulate=formulation.formulate,
+    formulate_from_flowrates=formulation.formulate_from_flowrates,
+    reference=acquisition.ensure_reference,
+    equilibrate=equilibration.equilibrate,
+    acquire=acquisition.acquire,
+    extract=features.extract_features,
+    record=storage.write_experiment,
+)
+
+
+def prefect_steps(virtual: bool) -> Steps:
+    """The Prefect tasks; on a virtual rig retries need no real back-off."""
+    delay = {"retry_delay_seconds": 0} if virtual else {}
+    return Steps(
+        formulate=formulation.formulate_task,
+        formulate_from_flowrates=formulation.formulate_from_flowrates_task,
+        reference=acquisition.reference_task.with_options(**delay),
+        equilibrate=equilibration.equilibrate_task.with_options(**delay),
+        acquire=acquisition.acquire_task.with_options(**delay),
+        extract=features.extract_features_task,
+        record=storage.write_experiment_task,
+    )
+
+
+def conduct_experiment(
+    rig: Rig,
+    *,
+    condition: dict[str, float] | None = None,
+    flowrates_ul_min: dict[str, float] | None = None,
+    temperature_c: float | None = None,
+    campaign: str = "default",
+    experiment_id: str | None = None,
+    replicates: int | None = None,
+    steady_check: bool | None = None,
+    finish: Finish = "stop",
+    data_root: str | None = None,
+    seed: int | None = None,
+    flow_run_id: str | None = None,
+    steps: Steps = PLAIN_STEPS,
+    log: logging.Logger | logging.LoggerAdapter | None = None,
+) -> dict[str, Any]:
+    """Run one experiment on `rig` and record it. Returns the experiment row.
+
+    Bad input (an invalid or infeasible condition) raises before the rig is touched and
+    records nothing. A failure after that leaves the rig safe and records the experiment as
+    failed, with whatever spectra were taken, before the error is raised again.
+    """
+    log = log or logging.getLogger(__name__)
+    platform: PlatformConfig = rig.platform
+    storage.check_name("campaign", campaign)
+    experiment_id = storage.check_name("experiment id", experiment_id or new_experiment_id())
+    settings = features.FeatureSettings.from_config(platform.features)
+    schema = storage.experiment_schema(platform, features.feature_columns(settings))
+    started_at, t_start = now_utc(), rig.clock.now()
+    context: dict[str, Any] = dict(experiment_id=experiment_id, platform=platform, started_at=started_at,
+                                   t_platform_start_s=t_start, flow_run_id=flow_run_id, seed=seed)
+
+    if (condition is None) == (flowrates_ul_min is None):
+        raise SdflInputError("give either a condition (parameter space) or flowrates_ul_min + temperature_c")
+    remaining = rig.remaining_ul()
+    if condition is not None:
+        plan = steps.formulate(condition, platform, remaining)
+    else:
+        if temperature_c is None:
+            raise SdflInputError("flowrates_ul_min needs temperature_c too")
+        plan = steps.formulate_from_flowrates(flowrates_ul_min, temperature_c, platform, remaining)
+    log.info("experiment %s: %s; tau %.1f s, t_E %.1f s", experiment_id, plan.condition, plan.tau_s, plan.t_E_s)
+
+    equilibrated = acquired = None
+    try:
+        reference = steps.reference(rig)
+        equilibrated = steps.equilibrate(rig, plan, steady_check, lambda: acquisition.pl_reading(rig))
+        acquired = steps.acquire(rig, reference, replicates)
+        table = steps.extract(
+            acquired.pl[0].wavelength_nm, acquired.pl_cps(), _absorbance_for_features(acquired),
+            settings, abs_wavelengths_nm=acquired.abs_samples[0].wavelength_nm,
+            pl_raw_max_counts=acquired.pl_raw_max(), max_counts=rig.spectrometers["pl"].max_counts,
+        )
+        row = experiment_row(
+            status="completed", t_platform_end_s=rig.clock.now(), formulation=plan,
+            equilibration=equilibrated.to_dict(), acquisition_info=_acquisition_info(acquired),
+            features=summarize_features(table), **context,
+        )
+        steps.record(row, acquired.rows(), schema, campaign, data_root)
+    except Exception as exc:
+        problems = rig.safe_state()
+        reason = f"{type(exc).__name__}: {exc}" + (f" | safe state: {'; '.join(problems)}" if problems else "")
+        log.error("experiment %s failed, rig made safe: %s", experiment_id, reason)
+        row = experiment_row(
+            status="failed", failure_reason=reason, t_platform_end_s=rig.clock.now(), formulation=plan,
+            equilibration=equilibrated.to_dict() if equilibrated else None,
+            acquisition_info=_acquisition_info(acquired) if acquired else None, **context,
+        )
+        storage.write_experiment(row, acquired.rows() if acquired else [], schema, campaign, data_root)
+        raise
+    except BaseException:
+        rig.safe_state()
+        raise
+    if finish == "stop":
+        rig.safe_state()
+    log.info("experiment %s done: PL_I %.4g cps, Abs_300 %.4g", experiment_id,
+             row.get("PL_I") or float("nan"), row.get("Abs_300") or float("nan"))
+    return row
+
+
+def _absorbance_for_features(acquired: acquisition.Acquisition):
+    """Absorbance with the no-light pixels (NaN by design) set to 0, so only real NaN is an error."""
+    import numpy as np
+
+    spectra = acquired.absorbance()
+    ref = acquired.reference
+    ref_cps = (ref.light.counts - ref.dark.counts)
+    dark_pixels = ref_cps <= acquisition.NO_LIGHT_FRACTION * ref_cps.max()
+    return np.where(dark_pixels[None, :], 0.0, spectra)
+
+
+def _acquisition_info(acquired: acquisition.Acquisition) -> dict:
+    return {
+        "replicates": len(acquired.pl),
+        "integration_ms_pl": acquired.pl_dark.integration_ms,
+        "integration_ms_abs": acquired.abs_dark.integration_ms,
+        "t_first_spectrum_s": acquired.pl[0].t_platform_s,
+    }
+
+
+# --- the Prefect flow ---------------------------------------------------------------------
+_IN_FLIGHT: dict[str, str] = {}
+"""flow run id -> experiment id, so the cancellation/crash hooks know what to record."""
+
+
+def make_rig_safe_hook(flow, flow_run, state) -> None:
+    """Prefect hook (cancelled or crashed run): rig to its safe state, experiment recorded."""
+    params = dict(flow_run.parameters or {})
+    log = logging.getLogger(__name__)
+    try:
+        platform = load_platform(params.get("platform") or DEFAULT_PLATFORM)
+        rig = open_rig(platform, params.get("seed"))
+        problems = rig.safe_state()
+    except Exception as exc:  # the hook must never raise
+        log.error("hook: could not make the rig safe: %s", exc)
+        return
+    experiment_id = _IN_FLIGHT.pop(str(flow_run.id), None) or params.get("experiment_id")
+    campaign = params.get("campaign") or "default"
+    if not experiment_id:
+        return
+    path = storage.experiment_path(storage.data_root(params.get("data_root")), campaign, experiment_id)
+    if path.exists():
+        return
+    status = "cancelled" if state.is_cancelled() else "crashed"
+    settings = features.FeatureSettings.from_config(platform.features)
+    row = experiment_row(
+        experiment_id=experiment_id, status=status, platform=platform, started_at=now_utc(),
+        t_platform_start_s=rig.clock.now(), t_platform_end_s=rig.clock.now(),
+        condition=params.get("condition"), flow_run_id=str(flow_run.id), seed=params.get("seed"),
+        failure_reason=f"flow run {status}: {state.message or ''}" + (f" | {'; '.join(problems)}" if problems else ""),
+    )
+    storage.write_experiment(row, [], storage.experiment_schema(platform, features.feature_columns(settings)),
+                             campaign, params.get("data_root"))
+
+
+@flow(name="run-experiment", on_cancellation=[make_rig_safe_hook], on_crashed=[make_rig_safe_hook])
+def run_experiment(
+    condition: dict[str, float] | None = None,
+    platform: str = DEFAULT_PLATFORM,
+    campaign: str = "default",
+    flowrates_ul_min: dict[str, float] | None = None,
+    temperature_c: float | None = None,
+    replicates: int | None = None,
+    steady_check: bool | None = None,
+    finish: Finish = "stop",
+    experiment_id: str | None = None,
+    data_root: str | None = None,
+    seed: int | None = None,
+) -> dict[str, Any]:
+    """Run one condition on a platform and append it to the campaign's dataset.
+
+    `condition` maps each parameter of the platform's space to a value (see `sdfl platform`);
+    alternatively give the pump flowrates (uL/min) and the temperature. `finish="hold"` keeps the
+    pumps and heater on for a next experiment; "stop" leaves the rig in its safe state.
+    """
+    logger = get_run_logger()
+    config = load_platform(platform)
+    rig = open_rig(config, seed)
+    run_id = current_flow_run.get_id()
+    experiment_id = experiment_id or new_experiment_id()
+    if run_id:
+        _IN_FLIGHT[run_id] = experiment_id
+    try:
+        with rig.lock:
+            row = conduct_experiment(
+                rig, condition=condition, flowrates_ul_min=flowrates_ul_min, temperature_c=temperature_c,
+                campaign=campaign, experiment_id=experiment_id, replicates=replicates,
+                steady_check=steady_check, finish=finish, data_root=data_root, seed=seed,
+                flow_run_id=run_id, steps=prefect_steps(config.platform.kind == "virtual"), log=logger,
+            )
+    except Exception:
+        _IN_FLIGHT.pop(run_id or "", None)  # recorded as failed by the body
+        raise
+    # A cancellation or crash (BaseException) leaves the entry for the hook.
+    _IN_FLIGHT.pop(run_id or "", None)
+    return row
