@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
 from contextlib import contextmanager
 
@@ -92,7 +93,8 @@ def cmd_experiment(args) -> int:
     cfg = load_platform(args.platform)
     flows = _parse_pairs(args.flow, "--flow")
     kwargs = dict(platform=args.platform, campaign=args.campaign, replicates=args.replicates,
-                  steady_check=args.steady_check or None, data_root=args.data_root, seed=args.seed)
+                  steady_check=args.steady_check or None, data_root=args.data_root, seed=args.seed,
+                  experiment_id=args.experiment_id)
     if flows:
         if args.temperature is None:
             raise SystemExit("sdfl: --flow needs --temperature too")
@@ -121,7 +123,7 @@ def cmd_study(args) -> int:
     with _quick_prefect():
         result = residence_time_study(platform=args.platform, reaction_times_s=args.reaction_times,
                                       base_condition=base, follow_tau=args.follow_tau, interval_s=args.interval,
-                                      data_root=args.data_root, seed=args.seed)
+                                      start_from=args.start_from, data_root=args.data_root, seed=args.seed)
     print("\nresidence-time study: settling time per step (slowest of Abs_300, PL_I, PL_A)")
     _print_frame(pd.DataFrame(result["steps"]))
     print(f"\nfiles: {result['folder']}")
@@ -180,6 +182,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--temperature", type=float, help="reactor temperature (C), with --flow")
     p.add_argument("--replicates", type=int, default=None)
     p.add_argument("--steady-check", action="store_true", help="also confirm steady state from the spectra")
+    p.add_argument("--experiment-id", default=None, help="id to record under (default: a new sortable id)")
     p.add_argument("--json", action="store_true", help="print the whole record as JSON")
     p.set_defaults(func=cmd_experiment)
 
@@ -190,6 +193,8 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--reaction-times", type=float, nargs="+", default=[25.0, 31.0, 42.0])
     q.add_argument("--follow-tau", type=float, default=3.0, help="how long to follow each step, in tau")
     q.add_argument("--interval", type=float, default=1.0, help="seconds between spectra")
+    q.add_argument("--start-from", choices=["previous", "solvent"], default="previous",
+                   help="step directly between reaction times (as the paper) or from solvent each time")
     q.add_argument("--set", action="append", metavar="NAME=VALUE", help="base condition (default: centre)")
     q.set_defaults(func=cmd_study)
 
@@ -206,15 +211,25 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _terminate(signum, frame):
+    """SIGTERM (a process manager, `kill`) ends the run like Ctrl-C: the flow is marked crashed,
+    its hook puts the rig in the safe state and records the experiment."""
+    raise KeyboardInterrupt(f"terminated by signal {signum}")
+
+
 def main(argv: list[str] | None = None) -> int:
     from hardware.errors import SdflError
 
     args = build_parser().parse_args(argv)
+    signal.signal(signal.SIGTERM, _terminate)
     try:
         return args.func(args)
     except SdflError as exc:
         print(f"sdfl: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt as exc:
+        print(f"sdfl: stopped ({exc or 'interrupted'}); the rig was put in its safe state", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -28,6 +28,7 @@ Finish = Literal["stop", "hold"]
 class Steps:
     """The step functions an experiment calls: plain functions or their Prefect tasks."""
 
+    levels: Callable
     formulate: Callable
     formulate_from_flowrates: Callable
     reference: Callable
@@ -38,6 +39,7 @@ class Steps:
 
 
 PLAIN_STEPS = Steps(
+    levels=formulation.syringe_levels,
     formulate=formulation.formulate,
     formulate_from_flowrates=formulation.formulate_from_flowrates,
     reference=acquisition.ensure_reference,
@@ -52,6 +54,7 @@ def prefect_steps(virtual: bool) -> Steps:
     """The Prefect tasks; on a virtual rig retries need no real back-off."""
     delay = {"retry_delay_seconds": 0} if virtual else {}
     return Steps(
+        levels=formulation.syringe_levels_task.with_options(**delay),
         formulate=formulation.formulate_task,
         formulate_from_flowrates=formulation.formulate_from_flowrates_task,
         reference=acquisition.reference_task.with_options(**delay),
@@ -97,7 +100,7 @@ def conduct_experiment(
 
     if (condition is None) == (flowrates_ul_min is None):
         raise SdflInputError("give either a condition (parameter space) or flowrates_ul_min + temperature_c")
-    remaining = rig.remaining_ul()
+    remaining = steps.levels(rig)
     if condition is not None:
         plan = steps.formulate(condition, platform, remaining)
     else:
@@ -111,6 +114,7 @@ def conduct_experiment(
         reference = steps.reference(rig)
         equilibrated = steps.equilibrate(rig, plan, steady_check, lambda: acquisition.pl_reading(rig))
         acquired = steps.acquire(rig, reference, replicates)
+        acquisition.check_saturation(acquired, {r: s.max_counts for r, s in rig.spectrometers.items()})
         table = steps.extract(
             acquired.pl[0].wavelength_nm, acquired.pl_cps(), _absorbance_for_features(acquired),
             settings, abs_wavelengths_nm=acquired.abs_samples[0].wavelength_nm,

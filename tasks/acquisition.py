@@ -97,6 +97,20 @@ def absorbance(sample: Spectrum, dark: Spectrum, reference: Reference) -> np.nda
     return -np.log10(np.clip(ratio, 1e-4, None))
 
 
+def check_saturation(acquired: Acquisition, max_counts: dict[str, float]) -> None:
+    """Raise SaturatedSpectrum if any sample or dark reached full scale (its values are clipped)."""
+    clipped = [
+        f"{s.kind}#{s.replicate} ({s.role}, {s.integration_ms:.0f} ms)"
+        for s in [*acquired.pl, acquired.pl_dark, *acquired.abs_samples, acquired.abs_dark]
+        if s.counts.max() >= max_counts[s.role]
+    ]
+    if clipped:
+        raise SaturatedSpectrum(
+            f"{len(clipped)} spectrum(s) reached full scale: {', '.join(clipped)}; their peaks are clipped. "
+            "Lower the integration time, or shield the flow cell from room light and repeat"
+        )
+
+
 def choose_integration_ms(spectrometer: Spectrometer, target_fill: float, max_ms: float | None = None) -> float:
     """Set the integration time so the brightest pixel sits near `target_fill` of full scale.
 

@@ -17,6 +17,7 @@ from prefect.cache_policies import NO_CACHE
 
 from hardware.errors import InfeasibleCondition
 from hardware.platform import PlatformConfig
+from tasks.retry import INSTRUMENT_RETRIES, INSTRUMENT_RETRY_DELAYS_S, is_transient
 
 # Relative slack for float round-off when a value sits exactly on a limit.
 _EPS = 1e-9
@@ -45,6 +46,11 @@ class Formulation:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+def syringe_levels(rig) -> dict[str, float]:
+    """Liquid left in each syringe (uL), as the pumps report it."""
+    return rig.remaining_ul()
 
 
 def parameter_by_kind(platform: PlatformConfig, kind: str) -> str:
@@ -284,4 +290,8 @@ def solvent_flush(platform: PlatformConfig, taus: float = 2.0) -> Formulation:
 # --- Prefect task ---------------------------------------------------------------------------
 
 formulate_task = task(name="formulate", cache_policy=NO_CACHE)(formulate)
+syringe_levels_task = task(
+    name="syringe-levels", cache_policy=NO_CACHE, retries=INSTRUMENT_RETRIES,
+    retry_delay_seconds=INSTRUMENT_RETRY_DELAYS_S, retry_condition_fn=is_transient,
+)(syringe_levels)
 formulate_from_flowrates_task = task(name="formulate-from-flowrates", cache_policy=NO_CACHE)(formulate_from_flowrates)

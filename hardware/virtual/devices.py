@@ -243,7 +243,7 @@ class VirtualSpectrometer:
         self._lab.clock.advance(window_s / 2)
         self._lab.sync()
         signal = self._lab.signal_cps(self.role)
-        if self._lab.faults.light_leak(self.role):
+        if self._lab.faults.light_leak(self.role, self._lab.clock.now()):
             signal = signal + 5e7
         counts = self._lab.detectors[self.role].read(signal, exposure_ms / 1e3, scans, self._lab.rng)
         self._lab.clock.advance(window_s / 2)

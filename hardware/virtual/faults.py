@@ -32,8 +32,8 @@ class FaultPlan(BaseModel):
     disconnect_spectrometer: Literal["pl", "abs"] | None = None
     disconnect_after_reads: int | None = Field(default=None, ge=0)
     heater_overshoot: bool = False
-    light_leak_after_reads: int | None = Field(
-        default=None, ge=0, description="room light floods the PL cell after N reads (saturates it)")
+    light_leak_at_s: float | None = Field(
+        default=None, ge=0, description="from this platform time, room light floods the PL cell (saturates it)")
 
 
 class FaultInjector:
@@ -55,10 +55,10 @@ class FaultInjector:
         if plan.garbled_probability and self._rng.random() < plan.garbled_probability:
             raise GarbledReply(instrument, "reply b'\\x8f?r\\xfe' does not parse (injected fault)")
 
-    def light_leak(self, role: str) -> bool:
-        """True when room light leaks into the PL cell (after the set number of PL reads)."""
-        after = self.plan.light_leak_after_reads
-        return role == "pl" and after is not None and self.reads.get(role, 0) > after
+    def light_leak(self, role: str, now: float) -> bool:
+        """True when room light leaks into the PL cell."""
+        at = self.plan.light_leak_at_s
+        return role == "pl" and at is not None and now >= at
 
     def count_read(self, role: str) -> bool:
         """Count a spectrometer read; True when this spectrometer should now be gone."""
