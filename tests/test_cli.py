@@ -1,0 +1,101 @@
+"""The `sdfl` command, as a user types it."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from flows.cli import main
+from hardware.platform import PLATFORM_DIR
+from tasks.storage import read_experiments
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_help_lists_the_commands(capsys):
+    with pytest.raises(SystemExit) as done:
+        main(["--help"])
+    assert done.value.code == 0
+    out = capsys.readouterr().out
+    for command in ("experiment", "study", "platform", "data", "demo"):
+        assert command in out
+
+
+def test_platform_shows_the_parameter_space(capsys):
+    assert main(["platform"]) == 0
+    out = capsys.readouterr().out
+    assert "temperature_c" in out and "[120, 150]" in out and "pfo" in out
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_experiment_runs_and_data_shows_it(capsys, data_root):
+    code = main(["experiment", "--set", "temperature_c=145", "--campaign", "cli",
+                 "--data-root", str(data_root), "--seed", "31"])
+    assert code == 0
+    out = capsys.readouterr().out
+    assert "completed" in out and "centre of the space" in out
+    assert main(["data", "--campaign", "cli", "--data-root", str(data_root)]) == 0
+    assert "1 experiments" in capsys.readouterr().out
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_a_value_outside_the_space_is_refused_with_the_bounds(capsys, data_root):
+    code = main(["experiment", "--set", "temperature_c=999", "--data-root", str(data_root)])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "temperature_c = 999 is outside [120, 150]" in err
+    assert not data_root.exists()
+
+
+def test_an_unknown_parameter_is_refused(capsys):
+    with pytest.raises(SystemExit, match="unknown parameter"):
+        main(["experiment", "--set", "nosuch=1"])
+
+
+def test_a_broken_platform_file_names_file_and_field(tmp_path, capsys):
+    text = (PLATFORM_DIR / "virtual-cs3cu2i5.toml").read_text().replace('volume = "840 uL"', 'volume = "840 uLL"')
+    broken = tmp_path / "broken.toml"
+    broken.write_text(text)
+    assert main(["platform", str(broken)]) == 2
+    err = capsys.readouterr().err
+    assert str(broken) in err and "path[0].volume" in err and "unknown unit 'uLL'" in err
+
+
+def test_sigterm_mid_experiment_leaves_a_crashed_record(tmp_path):
+    """A process manager stops sdfl mid-run: the flow is marked crashed, the hook makes the rig
+    safe and records the experiment. (The chemistry plug-in is slowed down in wall time so the
+    run can be caught in the middle; it is a user-supplied class, as any lab could write.)"""
+    text = (PLATFORM_DIR / "virtual-cs3cu2i5.toml").read_text()
+    text = text.replace('model = "hardware.virtual.cs3cu2i5:Cs3Cu2I5Chemistry"', 'model = "slow_chemistry:SlowChemistry"')
+    config = tmp_path / "virtual-slow.toml"
+    config.write_text(text)
+    marker, data = tmp_path / "started", tmp_path / "data"
+    env = {**os.environ, "PYTHONPATH": str(REPO / "tests"), "SDFL_TEST_MARKER": str(marker),
+           "PREFECT_HOME": str(tmp_path / "prefect"), "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "flows.cli", "experiment", "--platform", str(config), "--campaign", "killed",
+         "--experiment-id", "exp-killed", "--data-root", str(data)],
+        cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while not marker.exists():
+            assert process.poll() is None, process.communicate()[0]
+            assert time.monotonic() < deadline, "the run never reached the instruments"
+            time.sleep(0.1)
+        process.send_signal(signal.SIGTERM)
+        output, _ = process.communicate(timeout=120)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == 130, output
+    table = read_experiments(data, "killed")
+    assert list(table["experiment_id"]) == ["exp-killed"], output
+    assert table.loc[0, "status"] == "crashed"
+    assert "safe state" not in table.loc[0, "failure_reason"]  # no safe-state problem was reported
