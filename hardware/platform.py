@@ -13,6 +13,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any, Literal
 
+import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from hardware.errors import InvalidCondition, PlatformConfigError
@@ -283,15 +284,17 @@ class PlatformConfig(_Strict):
         _unique("streams", [s.name for s in self.streams])
         _unique("parameters", [p.name for p in self.parameters])
         _unique("path", [s.name for s in self.path])
-        for pump in self.pumps:
+        for i, pump in enumerate(self.pumps):
             if pump.stock not in self.stocks:
-                raise ValueError(f"pump {pump.name!r} uses stock {pump.stock!r}; known stocks: {sorted(self.stocks)}")
+                raise ValueError(f"pumps[{i}].stock: pump {pump.name!r} uses stock {pump.stock!r}; "
+                                 f"known stocks: {sorted(self.stocks)}")
             if pump.role == "reagent" and pump.stream not in streams:
-                raise ValueError(f"pump {pump.name!r} feeds stream {pump.stream!r}; known streams: {sorted(streams)}")
-        for stream in self.streams:
+                raise ValueError(f"pumps[{i}].stream: pump {pump.name!r} feeds stream {pump.stream!r}; "
+                                 f"known streams: {sorted(streams)}")
+        for i, stream in enumerate(self.streams):
             for name in [stream.balance_pump, *stream.solvent_pumps]:
                 if name not in pumps or pumps[name].stream != stream.name:
-                    raise ValueError(f"stream {stream.name!r}: pump {name!r} is not a pump of this stream")
+                    raise ValueError(f"streams[{i}]: pump {name!r} is not a pump of stream {stream.name!r}")
         for name in self.rules.equal_stream_flows:
             if name not in streams:
                 raise ValueError(f"rules.equal_stream_flows names unknown stream {name!r}")
@@ -314,15 +317,28 @@ class PlatformConfig(_Strict):
         for kind in ("temperature", "reaction_time"):
             if kinds.count(kind) != 1:
                 raise ValueError(f"parameters need exactly one of kind {kind!r}, found {kinds.count(kind)}")
-        for param in self.parameters:
+        set_by: dict[str, str] = {}
+        for i, param in enumerate(self.parameters):
+            where = f"parameters[{i}]"
+            if param.kind == "temperature" and param.high > self.rules.max_temperature:
+                raise ValueError(f"{where}: {param.name!r} goes up to {param.high:g} C, above "
+                                 f"rules.max_temperature ({self.rules.max_temperature:g} C)")
             if param.kind == "fraction":
                 pump = pumps.get(param.pump or "")
-                if pump is None or pump.role != "reagent":
-                    raise ValueError(f"parameter {param.name!r} names unknown reagent pump {param.pump!r}")
+                if pump is None:
+                    raise ValueError(f"{where}: parameter {param.name!r} names unknown pump {param.pump!r}; "
+                                     f"known pumps: {sorted(pumps)}")
+                if pump.role != "reagent":
+                    raise ValueError(f"{where}: parameter {param.name!r} names the {pump.role} pump {pump.name!r}; "
+                                     "fractions set reagent pumps (the carrier follows the precursor flow)")
                 if pump.name == streams[pump.stream].balance_pump:
                     raise ValueError(
-                        f"parameter {param.name!r} sets the balance pump {pump.name!r}, whose flow is computed"
+                        f"{where}: parameter {param.name!r} sets the balance pump {pump.name!r}, whose flow is computed"
                     )
+                if pump.name in set_by:
+                    raise ValueError(f"{where}: parameters {set_by[pump.name]!r} and {param.name!r} both set "
+                                     f"pump {pump.name!r}; give each pump one parameter")
+                set_by[pump.name] = param.name
         return self
 
     # --- convenience views -------------------------------------------------------------
@@ -359,11 +375,17 @@ class PlatformConfig(_Strict):
         for param in self.parameters:
             if param.name not in condition:
                 continue
-            try:
-                value = float(condition[param.name])
-            except (TypeError, ValueError):
-                problems.append(f"{param.name} = {condition[param.name]!r} is not a number")
+            raw = condition[param.name]
+            if isinstance(raw, bool) or not isinstance(raw, (int, float, np.integer, np.floating)):
+                problems.append(f"{param.name} = {raw!r} is not a number")
                 continue
+            value = float(raw)
+            # Snap float round-off at the edges (1e-9 of the range), e.g. from flowrates.
+            slack = 1e-9 * (param.high - param.low)
+            if param.low - slack <= value < param.low:
+                value = param.low
+            elif param.high < value <= param.high + slack:
+                value = param.high
             if not math.isfinite(value) or not (param.low <= value <= param.high):
                 problems.append(
                     f"{param.name} = {value:g} is outside [{param.low:g}, {param.high:g}] {param.unit}"

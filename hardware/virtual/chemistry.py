@@ -94,7 +94,7 @@ def load_chemistry(path: str, options: dict[str, Any] | None = None, *, source: 
         ) from exc
     try:
         model = cls(**(options or {}))
-    except TypeError as exc:
+    except Exception as exc:  # any error a plug-in raises on its options is a config error
         raise PlatformConfigError(f"{where}chemistry.options: {path} rejected its options: {exc}") from exc
     if not isinstance(model, ChemistryModel):
         raise PlatformConfigError(
