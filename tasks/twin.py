@@ -77,7 +77,7 @@ class DigitalTwin:
         """The global maximum of `objective` over the space (differential evolution + polish)."""
         result = optimize.differential_evolution(
             lambda X: -self.objective(X.T, objective), self._bounds, seed=seed, vectorized=True,
-            popsize=30, tol=1e-8, maxiter=300, polish=False,
+            popsize=30, tol=1e-8, maxiter=300, polish=False, updating="deferred",
         )
         polished = optimize.minimize(lambda x: -self.objective(x, objective)[0], result.x,
                                      method="L-BFGS-B", bounds=self._bounds)

@@ -27,7 +27,7 @@ def schema(platform):
 
 
 def a_row(experiment_id="exp-1", **extra):
-    now = dt.datetime(2026, 11, 22, 12, 0, tzinfo=dt.timezone.utc)
+    now = dt.datetime(2026, 11, 22, 12, 0, tzinfo=dt.UTC)
     return {"experiment_id": experiment_id, "status": "completed", "platform": "virtual-cs3cu2i5",
             "started_at": now, "finished_at": now, "temperature_c": 140.0, "PL_I": 1.0e5,
             "flag_noisy": False, **extra}

@@ -20,14 +20,17 @@ if TYPE_CHECKING:
 class VirtualPump:
     """A syringe pump on the virtual rig: finite infusions, rate limits, volume bookkeeping."""
 
-    def __init__(self, config: PumpConfig, lab: VirtualLab, fill_ul: float | None = None):
+    def __init__(self, config: PumpConfig, lab: VirtualLab, liquid_ul: float | None = None):
+        """`liquid_ul` is what the syringe really holds when less than the pump believes (a
+        fault: loaded short, or air in the barrel); the pump believes it is full."""
         self.name = config.name
         self.config = config
         self.syringe_volume_ul = config.syringe_volume
         self.min_rate_ul_min = config.min_rate
         self.max_rate_ul_min = config.max_rate
         self._lab = lab
-        self._fill_ul = config.syringe_volume if fill_ul is None else fill_ul
+        self._fill_ul = config.syringe_volume
+        self._liquid_ul = config.syringe_volume if liquid_ul is None else liquid_ul
         self._dispensed_before_fill = 0.0
         self._set_rate = 0.0
         self._stop_at: float | None = None
@@ -39,7 +42,12 @@ class VirtualPump:
         return float(self._lab.path.tracks[self.name].volume(t)) - self._dispensed_before_fill
 
     def remaining_ul(self, t: float | None = None) -> float:
+        """Liquid left as the pump counts it (fill minus dispensed)."""
         return max(self._fill_ul - self.dispensed_ul(t), 0.0)
+
+    def liquid_left_ul(self, t: float | None = None) -> float:
+        """Liquid really left (less than `remaining_ul` when the syringe was loaded short)."""
+        return max(self._liquid_ul - self.dispensed_ul(t), 0.0)
 
     def scheduled_stop(self) -> float | None:
         return self._stop_at
@@ -59,6 +67,7 @@ class VirtualPump:
             raise SafetyLimitExceeded(self.name, "stop the pump before refilling its syringe")
         self._dispensed_before_fill += self.dispensed_ul()
         self._fill_ul = self.syringe_volume_ul if volume_ul is None else float(volume_ul)
+        self._liquid_ul = self._fill_ul
         if self.alarm == "syringe empty":
             self.alarm = None
 
@@ -98,7 +107,7 @@ class VirtualPump:
             running=self._set_rate > 0 and self.alarm is None,
             rate_ul_min=self._set_rate,
             dispensed_ul=self.dispensed_ul(),
-            remaining_ul=self.remaining_ul(),
+            remaining_ul=0.0 if self.alarm == "syringe empty" else self.remaining_ul(),
             pressure_kpa=self._lab.pressure_kpa(),
             alarm=self.alarm,
         )
@@ -132,7 +141,7 @@ class VirtualHeater:
             target = self.config.ambient
             return target + (t0 - target) * np.exp(-dt / (3.0 * tau))
         if self._lab.faults.plan.heater_overshoot:
-            zeta, omega = 0.3, 2.0 / tau
+            zeta, omega = 0.5, 2.0 / tau
             wd = omega * np.sqrt(1 - zeta**2)
             envelope = np.exp(-zeta * omega * dt)
             return setpoint + (t0 - setpoint) * envelope * (np.cos(wd * dt) + zeta / np.sqrt(1 - zeta**2) * np.sin(wd * dt))

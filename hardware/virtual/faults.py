@@ -28,10 +28,12 @@ class FaultPlan(BaseModel):
     stall_at_s: float | None = Field(default=None, ge=0)
     clog_at_s: float | None = Field(default=None, ge=0)
     empty_pump: str | None = None
-    empty_fill_ul: float | None = Field(default=None, ge=0, description="start this syringe nearly empty")
+    empty_fill_ul: float | None = Field(
+        default=None, ge=0, description="liquid really in this syringe, while the pump believes it is full")
     disconnect_spectrometer: Literal["pl", "abs"] | None = None
     disconnect_after_reads: int | None = Field(default=None, ge=0)
     heater_overshoot: bool = False
+    """An under-damped controller: ~16 % overshoot of each set-point step."""
     light_leak_at_s: float | None = Field(
         default=None, ge=0, description="from this platform time, room light floods the PL cell (saturates it)")
 

@@ -80,21 +80,29 @@ class VirtualLab:
 
     # --- events -------------------------------------------------------------------------
     def sync(self) -> None:
-        """Apply everything that happened up to now: automatic stops, empty syringes, faults."""
+        """Apply everything that happened up to now: automatic stops, empty syringes, faults.
+
+        For each pump the earliest event wins: a programmed infusion that ended before a stall
+        or before the syringe ran dry simply ended.
+        """
         now = self.clock.now()
         plan = self.faults.plan
         for pump in self.pumps.values():
             track = self.path.tracks[pump.name]
+            if track.rates[-1] <= 0:
+                continue
             last = track.starts[-1]
             stop_at = pump.scheduled_stop()
-            if plan.stall_pump == pump.name and plan.stall_at_s is not None and pump.alarm is None:
-                if plan.stall_at_s <= now and (stop_at is not None or track.rates[-1] > 0):
-                    pump.halt(max(plan.stall_at_s, last), alarm="stalled: motor not advancing")
-                    continue
-            if track.rates[-1] > 0 and pump.remaining_ul(now) <= 0:
-                pump.halt(self._time_empty(pump, last, now), alarm="syringe empty")
-                continue
-            if stop_at is not None and stop_at <= now:
+            horizon = now if stop_at is None else min(now, stop_at)
+            stall_at = plan.stall_at_s if plan.stall_pump == pump.name and pump.alarm is None else None
+            events = []
+            if stall_at is not None and stall_at <= horizon:
+                events.append((max(stall_at, last), "stalled: motor not advancing"))
+            if pump.liquid_left_ul(horizon) <= 0:
+                events.append((self._time_empty(pump, last, horizon), "syringe empty"))
+            if events:
+                pump.halt(*min(events))
+            elif stop_at is not None and stop_at <= now:
                 pump.halt(max(stop_at, last))
         if plan.clog_at_s is not None and not self._clog_handled and now >= plan.clog_at_s + CLOG_STALL_AFTER_S:
             self._clog_handled = True
@@ -106,7 +114,7 @@ class VirtualLab:
     def _time_empty(self, pump: VirtualPump, lo: float, hi: float) -> float:
         for _ in range(50):
             mid = 0.5 * (lo + hi)
-            if pump.remaining_ul(mid) > 0:
+            if pump.liquid_left_ul(mid) > 0:
                 lo = mid
             else:
                 hi = mid

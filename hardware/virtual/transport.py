@@ -40,7 +40,7 @@ class PumpTrack:
             raise ValueError("pump history must grow forward in time")
         q, v = float(self.flow(t)), float(self.volume(t))
         if t == self.starts[-1]:
-            self.rates[-1] = rate_ul_min
+            self.rates[-1] = rate_ul_min / 60.0
             return
         self.starts.append(t)
         self.rates.append(rate_ul_min / 60.0)  # uL/s inside
