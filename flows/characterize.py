@@ -90,19 +90,24 @@ def study_residence_time(
         rig.safe_state()
     series = pd.concat(frames, ignore_index=True)
     rows = []
-    final: dict[str, float] = {}
+    previous = None
     for step, frame in zip(steps, frames):
         step["settle"] = {}
         for feature in STUDY_FEATURES:
-            times = frame["t_abs_s" if feature.startswith("Abs") else "t_pl_s"].to_numpy()
-            # After a direct step, the level before the switch is the previous step's final value.
-            before = final.get(feature) if start_from == "previous" else None
+            time_column = "t_abs_s" if feature.startswith("Abs") else "t_pl_s"
+            times = frame[time_column].to_numpy()
+            before = None
+            if start_from == "previous" and previous is not None:
+                # After a direct step, the level before the switch is what was measured just
+                # before it (the last half tau of the previous step).
+                last = previous[time_column] >= step["t_s"] - 0.5 * previous["tau_s"].iloc[0]
+                before = float(previous.loc[last, feature].mean())
             result = settling_time(times, frame[feature].to_numpy(), step["t_s"],
                                    step["tau_s"], feature, tolerance, y_before=before)
-            final[feature] = result.y_final
             step["settle"][feature] = result.settle_s
             rows.append({"step": step["step"], "reaction_time_s": step["reaction_time_s"], "tau_s": step["tau_s"],
                          **result.to_dict()})
+        previous = frame
     settling = pd.DataFrame(rows)
     return series, settling, steps
 

@@ -22,6 +22,10 @@ SUMMARY_COLUMNS = ["experiment_id", "status", "temperature_c", "reaction_time_s"
                    "PL_peak_nm", "PL_I", "PL_I_sd", "PL_A", "FWHM_nm", "Abs_300", "SNR"]
 
 
+STUDY_NOTE = ("settle_tau: when the slowest feature is within 1 % of its final value, in residence times tau; "
+              "resolved_features = 0: the step moved no feature by more than twice its noise (nothing to wait for)")
+
+
 def _parse_pairs(pairs: list[str] | None, what: str) -> dict[str, float]:
     out: dict[str, float] = {}
     for pair in pairs or []:
@@ -126,6 +130,7 @@ def cmd_study(args) -> int:
                                       start_from=args.start_from, data_root=args.data_root, seed=args.seed)
     print("\nresidence-time study: settling time per step (slowest of Abs_300, PL_I, PL_A)")
     _print_frame(pd.DataFrame(result["steps"]))
+    print(STUDY_NOTE)
     print(f"\nfiles: {result['folder']}")
     return 0
 
@@ -148,6 +153,7 @@ def cmd_demo(args) -> int:
         result = demo(data_root=args.data_root, seed=args.seed)
     print("\n== residence-time study: settling time per step (slowest of Abs_300, PL_I, PL_A) ==")
     _print_frame(pd.DataFrame(result["study"]["steps"]))
+    print(STUDY_NOTE)
     print("\n== experiments (campaign 'demo', a Latin-hypercube design) ==")
     _print_frame(pd.DataFrame(result["experiments"]), SUMMARY_COLUMNS)
     print(f"\nstudy files: {result['study']['folder']}")

@@ -12,6 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
+import numpy as np
 from prefect import flow, get_run_logger
 from prefect.runtime import flow_run as current_flow_run
 
@@ -149,8 +150,6 @@ def conduct_experiment(
 
 def _absorbance_for_features(acquired: acquisition.Acquisition):
     """Absorbance with the no-light pixels (NaN by design) set to 0, so only real NaN is an error."""
-    import numpy as np
-
     spectra = acquired.absorbance()
     ref = acquired.reference
     ref_cps = (ref.light.counts - ref.dark.counts)

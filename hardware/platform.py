@@ -75,24 +75,25 @@ class Stock(_Strict):
         return value
 
     @cached_property
-    def molar_mM(self) -> dict[str, float]:
-        """Molar species in mmol/L."""
-        out = {}
-        for name, text in self.species.items():
-            quantity = parse_quantity(text)
-            if not quantity.dimensionless:
-                out[name] = float(quantity.to("mM").magnitude)
-        return out
-
-    @cached_property
-    def volume_fraction(self) -> dict[str, float]:
-        """Liquid species as volume fractions (0-1)."""
-        out = {}
+    def _split(self) -> tuple[dict[str, float], dict[str, float]]:
+        molar, fraction = {}, {}
         for name, text in self.species.items():
             quantity = parse_quantity(text)
             if quantity.dimensionless:
-                out[name] = float(quantity.to("dimensionless").magnitude)
-        return out
+                fraction[name] = float(quantity.to("dimensionless").magnitude)
+            else:
+                molar[name] = float(quantity.to("mM").magnitude)
+        return molar, fraction
+
+    @property
+    def molar_mM(self) -> dict[str, float]:
+        """Molar species in mmol/L."""
+        return self._split[0]
+
+    @property
+    def volume_fraction(self) -> dict[str, float]:
+        """Liquid species as volume fractions (0-1)."""
+        return self._split[1]
 
 
 class PumpConfig(_Strict):

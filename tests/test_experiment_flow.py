@@ -145,3 +145,12 @@ def test_hold_keeps_the_rig_running_for_the_next_condition(platform, condition, 
 def test_a_bad_campaign_name_is_rejected(condition, data_root):
     with pytest.raises(ValueError, match="campaign"):
         run_experiment(condition=condition, campaign="../escape", data_root=str(data_root), seed=21)
+
+
+def test_the_spectral_steady_state_check_confirms_steady_state(condition, data_root):
+    """With steady_check, PL readings after t_E must settle (mean of the last 3 vs the 3 before
+    within 2 %) before the spectra are taken."""
+    row = run_experiment(condition=condition, steady_check=True, data_root=str(data_root), seed=22)
+    assert row["steady"] is True
+    assert row["steady_extra_wait_s"] >= 0
+    assert row["t_first_spectrum_s"] - row["t_pumps_on_s"] >= row["t_E_s"] + row["steady_extra_wait_s"]
