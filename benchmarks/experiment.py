@@ -23,10 +23,10 @@ from pathlib import Path
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from flows.demo import latin_hypercube  # noqa: E402
 from flows.experiment import PLAIN_STEPS, conduct_experiment, run_experiment  # noqa: E402
 from hardware.platform import load_platform  # noqa: E402
 from hardware.rig import open_rig  # noqa: E402
+from tasks.proposal import design_conditions  # noqa: E402
 
 
 def run_plain(conditions, root, seed):
@@ -62,7 +62,7 @@ def main() -> None:
     from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, PREFECT_LOGGING_LEVEL, temporary_settings
 
     logging.getLogger("prefect").setLevel(logging.WARNING)
-    conditions = latin_hypercube(load_platform(), args.experiments, seed=7)
+    conditions = design_conditions(load_platform(), args.experiments, seed=7)
     with tempfile.TemporaryDirectory() as root, temporary_settings({PREFECT_LOGGING_LEVEL: "WARNING"}):
         t0 = time.perf_counter()
         with temporary_settings({PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):

@@ -135,6 +135,51 @@ def cmd_study(args) -> int:
     return 0
 
 
+def _print_campaign(summary: dict) -> None:
+    print(f"\ncampaign {summary['campaign']}: {summary.get('stopped_because', '')}")
+    print(f"experiments: {summary['experiments']} ({summary['completed']} completed); objective {summary['objective']}")
+    if "best_value" in summary:
+        print(f"best measured: {summary['best_value']:.5g}")
+        print("best condition: " + ", ".join(f"{k}={v:.4g}" for k, v in summary["best_condition"].items()))
+    if "true_optimum" in summary:
+        print(f"true value of that condition (twin): {summary['best_true_value']:.5g} = "
+              f"{100 * summary['best_vs_optimum']:.1f} % of the true optimum {summary['true_optimum']:.5g}")
+        print("true optimum: " + ", ".join(f"{k}={v:.4g}" for k, v in summary["true_optimum_condition"].items()))
+    for name in ("holdout_r2", "mc_r2"):
+        if name in summary:
+            print(f"{name}: {summary[name]:.3f}")
+    if "shap_top" in summary:
+        print(f"most important inputs (SHAP): {', '.join(summary['shap_top'])}")
+    if "resumed" in summary:
+        print(f"resumed: {summary['resumed']}")
+    print(f"files: {summary.get('folder', '')}")
+
+
+def cmd_optimize(args) -> int:
+    from flows.campaign import optimize
+
+    with _quick_prefect():
+        summary = optimize(campaign=args.campaign, platform=args.platform, objective=args.objective,
+                           policy=args.policy, budget=args.budget, initial=args.initial, surrogate=args.surrogate,
+                           prior_campaign=args.prior_campaign, prior_model=args.prior_model,
+                           in_flight=args.in_flight, kappa=args.kappa, seed=args.seed or 0,
+                           data_root=args.data_root, storage=args.storage, explain=not args.no_explain)
+    _print_campaign(summary)
+    return 0
+
+
+def cmd_explore(args) -> int:
+    from flows.campaign import explore
+
+    with _quick_prefect():
+        summary = explore(campaign=args.campaign, platform=args.platform, objective=args.objective,
+                          target_r2=args.target_r2, budget=args.budget, initial=args.initial, policy=args.policy,
+                          surrogate=args.surrogate, in_flight=args.in_flight, seed=args.seed or 0,
+                          data_root=args.data_root, storage=args.storage, explain=not args.no_explain)
+    _print_campaign(summary)
+    return 0
+
+
 def cmd_data(args) -> int:
     from tasks.storage import data_root, read_experiments
 
@@ -150,14 +195,14 @@ def cmd_demo(args) -> int:
     from flows.demo import demo
 
     with _quick_prefect():
-        result = demo(data_root=args.data_root, seed=args.seed)
+        result = demo(data_root=args.data_root, seed=args.seed, budget=args.budget)
     print("\n== residence-time study: settling time per step (slowest of Abs_300, PL_I, PL_A) ==")
     _print_frame(pd.DataFrame(result["study"]["steps"]))
     print(STUDY_NOTE)
-    print("\n== experiments (campaign 'demo', a Latin-hypercube design) ==")
-    _print_frame(pd.DataFrame(result["experiments"]), SUMMARY_COLUMNS)
-    print(f"\nstudy files: {result['study']['folder']}")
-    print("all experiments: sdfl data --campaign demo   (Parquet under the data root)")
+    print(f"study files: {result['study']['folder']}")
+    print("\n== closed-loop optimization of PL_I (9 Latin-hypercube points, then expected improvement) ==")
+    _print_campaign(result["campaign"])
+    print(f"\nexperiments: sdfl data --campaign {result['campaign']['campaign']}   (Parquet under the data root)")
     return 0
 
 
@@ -204,14 +249,40 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--set", action="append", metavar="NAME=VALUE", help="base condition (default: centre)")
     q.set_defaults(func=cmd_study)
 
+    def campaign_args(p, policies, default_policy, budget):
+        common(p, campaign=False)
+        p.add_argument("--campaign", required=True, help="campaign name; the same name resumes it")
+        p.add_argument("--objective", default="PL_I", help="a feature or a formula of features, e.g. 'PL_I / FWHM_nm'")
+        p.add_argument("--policy", choices=policies, default=default_policy)
+        p.add_argument("--budget", type=int, default=budget, help="experiments in total (failed ones count)")
+        p.add_argument("--initial", type=int, default=9, help="Latin-hypercube points before the policy")
+        p.add_argument("--surrogate", choices=["gp", "ensemble"], default="gp")
+        p.add_argument("--in-flight", choices=["fail", "rerun"], default="fail",
+                       help="on resume, what to do with an experiment a crash interrupted")
+        p.add_argument("--storage", default=None, help="Optuna storage URL (default: SQLite under the data root)")
+        p.add_argument("--no-explain", action="store_true", help="skip SHAP and the response surface")
+
+    p = sub.add_parser("optimize", help="closed-loop optimization of an objective")
+    campaign_args(p, ["ei", "ucb", "eplt", "mv", "random", "tpe", "gp"], "ei", 30)
+    p.add_argument("--prior-campaign", default=None, help="learn from an earlier campaign's data")
+    p.add_argument("--prior-model", default=None, help="learn from a saved digital twin (model.pkl)")
+    p.add_argument("--kappa", type=float, default=2.0, help="UCB exploration weight")
+    p.set_defaults(func=cmd_optimize)
+
+    p = sub.add_parser("explore", help="build a digital twin (LHS + maximum variance) to a target R^2")
+    campaign_args(p, ["mv", "random"], "mv", 60)
+    p.add_argument("--target-r2", type=float, default=0.8)
+    p.set_defaults(func=cmd_explore)
+
     p = sub.add_parser("data", help="show the recorded experiments")
     p.add_argument("--campaign", default=None)
     p.add_argument("--data-root", default=None)
     p.add_argument("--all", action="store_true", help="every column")
     p.set_defaults(func=cmd_data)
 
-    p = sub.add_parser("demo", help="residence-time study + a few experiments on the virtual lab")
+    p = sub.add_parser("demo", help="residence-time study + a closed-loop optimization on the virtual lab")
     p.add_argument("--data-root", default=None)
+    p.add_argument("--budget", type=int, default=30)
     p.add_argument("--seed", type=int, default=None)
     p.set_defaults(func=cmd_demo)
     return parser

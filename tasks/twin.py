@@ -6,6 +6,9 @@ noise, for many conditions at once, through the same formulation and feature cod
 
 from __future__ import annotations
 
+import hashlib
+import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cached_property
 
@@ -17,6 +20,7 @@ from hardware.platform import PlatformConfig
 from hardware.virtual.lab import VirtualLab
 from tasks.features import FeatureSettings, extract_features
 from tasks.formulation import formulate
+from tasks.storage import data_root
 
 
 @dataclass
@@ -64,16 +68,25 @@ class DigitalTwin:
         return pd.DataFrame({k: np.broadcast_to(np.asarray(v, dtype=float), temperature.shape)
                              for k, v in extras.items()})
 
-    def objective(self, x: np.ndarray, objective: str) -> np.ndarray:
-        """Objective for rows of parameter vectors (space order)."""
+    def objective(self, x: np.ndarray, objective: str | Callable[[dict], float]) -> np.ndarray:
+        """Objective (a feature name or an Objective) for rows of parameter vectors (space order)."""
         rows = [dict(zip(self.names, map(float, row))) for row in np.atleast_2d(x)]
-        return self.features(rows)[objective].to_numpy()
+        table = self.features(rows)
+        if isinstance(objective, str):
+            return table[objective].to_numpy()
+        return np.array([objective(r) for r in table.to_dict(orient="records")], dtype=float)
+
+    def monte_carlo(self, n: int = 1000, seed: int = 0) -> np.ndarray:
+        """`n` uniform random conditions over the space (parameter units)."""
+        rng = np.random.default_rng(seed)
+        low, high = np.array(self._bounds).T
+        return low + rng.random((n, len(low))) * (high - low)
 
     @cached_property
     def _bounds(self) -> list[tuple[float, float]]:
         return [(p.low, p.high) for p in self.platform.parameters]
 
-    def true_optimum(self, objective: str = "PL_I", seed: int = 0) -> Optimum:
+    def true_optimum(self, objective: str | Callable[[dict], float] = "PL_I", seed: int = 0) -> Optimum:
         """The global maximum of `objective` over the space (differential evolution + polish)."""
         result = optimize.differential_evolution(
             lambda X: -self.objective(X.T, objective), self._bounds, seed=seed, vectorized=True,
@@ -82,4 +95,19 @@ class DigitalTwin:
         polished = optimize.minimize(lambda x: -self.objective(x, objective)[0], result.x,
                                      method="L-BFGS-B", bounds=self._bounds)
         best = polished if polished.fun < result.fun else result
-        return Optimum(dict(zip(self.names, map(float, best.x))), float(-best.fun), objective)
+        name = objective if isinstance(objective, str) else getattr(objective, "expression", "objective")
+        return Optimum(dict(zip(self.names, map(float, best.x))), float(-best.fun), name)
+
+
+def cached_true_optimum(platform: PlatformConfig, objective, root) -> Optimum:
+    """The twin's true optimum, cached under the data root per platform file and objective."""
+    name = objective if isinstance(objective, str) else objective.expression
+    key = hashlib.sha256(f"{platform.sha256}|{name}".encode()).hexdigest()[:16]
+    path = data_root(root) / "twin" / f"optimum-{key}.json"
+    if path.exists():
+        data = json.loads(path.read_text())
+        return Optimum(data["condition"], data["value"], data["objective"])
+    optimum = DigitalTwin(platform).true_optimum(objective)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"condition": optimum.condition, "value": optimum.value, "objective": name}))
+    return optimum

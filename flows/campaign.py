@@ -1,0 +1,287 @@
+"""Closed-loop campaigns: `optimize` (maximise an objective) and `explore` (build a digital twin).
+
+Each iteration asks the Optuna study for a condition (an initial Latin-hypercube design, then
+the policy), runs it with the experiment steps, and tells the study the objective, or FAIL
+with the reason. The Parquet dataset and the study are the campaign's state: starting a
+campaign again with the same name resumes it (see `tasks.ledger.reconcile` for the crash policy).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+from optuna.trial import TrialState
+
+from flows.experiment import Steps, conduct_experiment
+from hardware.errors import FatalInstrumentError, InstrumentError, SdflInputError
+from hardware.rig import Rig
+from tasks import features, formulation, ledger, storage
+from tasks.objective import Objective, parse_objective
+from tasks.proposal import PolicySettings, design_conditions
+from tasks.records import experiment_row, now_utc
+from tasks.surrogate import SurrogateKind, from_unit, load_model, to_unit
+
+InFlight = Literal["fail", "rerun"]
+
+
+@dataclass
+class CampaignPlan:
+    """What a campaign should do. Checked by `validate` before anything starts."""
+
+    campaign: str
+    objective: str = "PL_I"
+    policy: str = "ei"
+    budget: int = 30
+    initial: int = 9
+    surrogate: SurrogateKind = "gp"
+    seed: int = 0
+    prior_campaign: str | None = None
+    prior_model: str | None = None
+    in_flight: InFlight = "fail"
+    target_r2: float | None = None
+    check_every: int = 5
+    kappa: float = 2.0
+    xi: float = 0.01
+    storage: str | None = None
+    data_root: str | None = None
+
+
+@dataclass
+class CampaignState:
+    plan: CampaignPlan
+    objective: Objective
+    prior: tuple[np.ndarray, np.ndarray] | None
+    values: list[float] = field(default_factory=list)
+    """Objective per finished trial in trial order (NaN for failures)."""
+    stopped_because: str = ""
+    holdout_r2: float | None = None
+    reconciled: Any = None
+
+
+def validate(plan: CampaignPlan, platform) -> tuple[Objective, tuple[np.ndarray, np.ndarray] | None]:
+    """Check every setting; raise SdflInputError naming the bad one. Nothing has started yet."""
+    storage.check_name("campaign", plan.campaign)
+    if plan.policy not in ledger.SAMPLERS:
+        raise SdflInputError(f"unknown policy {plan.policy!r}; choose one of {list(ledger.SAMPLERS)}")
+    if not isinstance(plan.budget, int) or plan.budget <= 0:
+        raise SdflInputError(f"budget must be a positive number of experiments, got {plan.budget!r}")
+    if not 0 <= plan.initial <= plan.budget:
+        raise SdflInputError(f"initial design size must be between 0 and the budget ({plan.budget}), got {plan.initial}")
+    if plan.surrogate not in ("gp", "ensemble"):
+        raise SdflInputError(f"surrogate must be 'gp' or 'ensemble', got {plan.surrogate!r}")
+    if plan.target_r2 is not None and not 0 < plan.target_r2 < 1:
+        raise SdflInputError(f"target_r2 must be between 0 and 1, got {plan.target_r2}")
+    if plan.in_flight not in ("fail", "rerun"):
+        raise SdflInputError(f"in_flight must be 'fail' or 'rerun', got {plan.in_flight!r}")
+    columns = features.feature_columns(features.FeatureSettings.from_config(platform.features))
+    objective = parse_objective(plan.objective, columns)
+    prior = None
+    if plan.prior_campaign:
+        prior = ledger.prior_from_campaign(plan.data_root, plan.prior_campaign, platform, objective)
+    if plan.prior_model:
+        saved = load_model(plan.prior_model)
+        if saved.get("parameters") != platform.parameter_names or saved.get("space") != ledger.space_signature(platform):
+            raise SdflInputError(f"prior model {plan.prior_model} was trained on another parameter space "
+                                 f"({saved.get('parameters')}); this platform's space is {platform.describe_space()}")
+        if saved.get("objective") != objective.expression:
+            raise SdflInputError(f"prior model {plan.prior_model} predicts {saved.get('objective')!r}, "
+                                 f"not {objective.expression!r}")
+        X, y = np.asarray(saved["X"]), np.asarray(saved["y"])
+        prior = (X, y) if prior is None else (np.vstack([prior[0], X]), np.concatenate([prior[1], y]))
+    return objective, prior
+
+
+def _feasible(platform):
+    def check(unit_point: np.ndarray) -> bool:
+        condition = dict(zip(platform.parameter_names, map(float, from_unit(platform, unit_point))))
+        try:
+            formulation.formulate(condition, platform)
+        except SdflInputError:
+            return False
+        return True
+    return check
+
+
+def run_campaign(rig: Rig, plan: CampaignPlan, steps: Steps, on_progress=None,
+                 log: logging.Logger | logging.LoggerAdapter | None = None) -> CampaignState:
+    """The closed loop on `rig` until the budget (or the explore target) is reached."""
+    log = log or logging.getLogger(__name__)
+    platform = rig.platform
+    objective, prior = validate(plan, platform)
+    state = CampaignState(plan, objective, prior)
+    url = ledger.storage_url(plan.data_root, plan.storage)
+    prior_unit = (to_unit(platform, prior[0]), prior[1]) if prior is not None else None
+    sampler = ledger.make_sampler(plan.policy, platform, plan.surrogate, plan.seed, prior_unit,
+                                  PolicySettings(plan.kappa, plan.xi), _feasible(platform))
+    study, created = ledger.open_study(plan.campaign, platform, objective.expression, url, sampler)
+    state.reconciled = ledger.reconcile(study, plan.campaign, plan.data_root, objective, plan.in_flight,
+                                        record_failure=lambda trial, eid: _record_crashed(rig, plan, trial, eid))
+    if created and plan.initial and plan.policy != "random":
+        for condition in design_conditions(platform, plan.initial, plan.seed):
+            study.enqueue_trial(condition)
+    distributions = ledger.distributions(platform)
+    try:
+        while True:
+            done = ledger.finished(study)
+            if len(done) >= plan.budget:
+                state.stopped_because = f"budget of {plan.budget} experiments reached"
+                break
+            if plan.target_r2 is not None and _target_reached(study, platform, plan, state, len(done)):
+                state.stopped_because = f"held-out R^2 {state.holdout_r2:.3f} >= target {plan.target_r2}"
+                break
+            trial = study.ask(distributions)
+            experiment_id = ledger.experiment_id_for(plan.campaign, trial.number)
+            trial.set_user_attr("experiment_id", experiment_id)
+            _run_trial(rig, plan, steps, study, trial, experiment_id, objective, log)
+            if on_progress is not None:
+                on_progress(len(ledger.finished(study)), plan.budget, study)
+    finally:
+        rig.safe_state()
+    finished = sorted(ledger.finished(study), key=lambda t: t.number)
+    state.values = [t.value if t.state == TrialState.COMPLETE else math.nan for t in finished]
+    return state
+
+
+def _run_trial(rig, plan, steps, study, trial, experiment_id, objective, log) -> None:
+    try:
+        row = conduct_experiment(rig, condition=dict(trial.params), campaign=plan.campaign,
+                                 experiment_id=experiment_id, finish="hold", data_root=plan.data_root,
+                                 seed=plan.seed, steps=steps, log=log)
+    except (FatalInstrumentError, InstrumentError) as exc:
+        _tell_failure(study, trial, exc)
+        raise  # the rig is safe and the experiment recorded; a person must look at the rig
+    except SdflInputError as exc:  # an infeasible proposal is never run; record why and go on
+        _tell_failure(study, trial, exc)
+        log.warning("trial %d not run: %s", trial.number, exc)
+        return
+    value = objective(row)
+    if not math.isfinite(value):
+        _tell_failure(study, trial, ValueError(f"objective {objective.expression!r} is not a number for this run"))
+        return
+    study.tell(trial, value)
+    log.info("trial %d (%s): %s = %.5g", trial.number, experiment_id, objective.expression, value)
+
+
+def _tell_failure(study, trial, exc: BaseException) -> None:
+    trial.set_user_attr("failure_reason", f"{type(exc).__name__}: {exc}"[:2000])
+    study.tell(trial, state=TrialState.FAIL)
+
+
+def _record_crashed(rig, plan, trial, experiment_id: str) -> None:
+    """A trial that was in flight when the process died: record it as crashed in the dataset."""
+    platform = rig.platform
+    settings = features.FeatureSettings.from_config(platform.features)
+    row = experiment_row(
+        experiment_id=experiment_id, status="crashed", platform=platform, started_at=now_utc(),
+        t_platform_start_s=rig.clock.now(), t_platform_end_s=rig.clock.now(), condition=dict(trial.params),
+        failure_reason="interrupted: the campaign process stopped during this experiment", seed=plan.seed,
+    )
+    storage.write_experiment(row, [], storage.experiment_schema(platform, features.feature_columns(settings)),
+                             plan.campaign, plan.data_root)
+
+
+def _target_reached(study, platform, plan, state, n_done: int) -> bool:
+    from tasks.surrogate import holdout_r2
+
+    X, y = ledger.observations(study, platform)
+    if len(y) < max(10, plan.initial) or n_done % plan.check_every:
+        return False
+    state.holdout_r2 = holdout_r2(plan.surrogate, to_unit(platform, X), y, seed=plan.seed)
+    return state.holdout_r2 >= plan.target_r2
+
+
+# --- Prefect flows --------------------------------------------------------------------------
+def _campaign_flow(plan: CampaignPlan, platform_name: str, seed_rig: int | None, explain_model: bool) -> dict:
+    from prefect import get_run_logger
+    from prefect.artifacts import create_progress_artifact, update_progress_artifact
+
+    from flows.campaign_report import build_report
+    from flows.experiment import prefect_steps
+    from hardware.platform import load_platform
+    from hardware.rig import open_rig
+
+    log = get_run_logger()
+    config = load_platform(platform_name)
+    validate(plan, config)  # bad settings stop here, before the rig or the study is touched
+    rig = open_rig(config, seed_rig)
+    progress = create_progress_artifact(progress=0.0, description=f"campaign {plan.campaign}: experiments done")
+
+    def on_progress(done: int, budget: int, study) -> None:
+        update_progress_artifact(progress, progress=100.0 * done / budget)
+
+    with rig.lock:
+        state = run_campaign(rig, plan, prefect_steps(config.platform.kind == "virtual"), on_progress, log)
+    study = ledger.open_study(plan.campaign, config, state.objective.expression,
+                              ledger.storage_url(plan.data_root, plan.storage), None)[0]
+    summary = build_report(config, study, state.objective, plan.surrogate, state.prior, plan.data_root,
+                           plan.campaign, plan.seed, explain_model=explain_model)
+    summary["stopped_because"] = state.stopped_because
+    if state.reconciled and (state.reconciled.failed or state.reconciled.completed):
+        summary["resumed"] = {"told_complete": state.reconciled.completed, "marked_failed": state.reconciled.failed,
+                              "rerun": state.reconciled.rerun}
+    log.info("campaign %s: %s; best %s = %.5g", plan.campaign, state.stopped_because,
+             state.objective.expression, summary.get("best_value", float("nan")))
+    return summary
+
+
+def _flow(name: str):
+    from prefect import flow
+
+    return flow(name=name)
+
+
+@_flow("optimize")
+def optimize(
+    campaign: str,
+    platform: str = "virtual-cs3cu2i5",
+    objective: str = "PL_I",
+    policy: Literal["ei", "ucb", "eplt", "mv", "random", "tpe", "gp"] = "ei",
+    budget: int = 30,
+    initial: int = 9,
+    surrogate: Literal["gp", "ensemble"] = "gp",
+    prior_campaign: str | None = None,
+    prior_model: str | None = None,
+    in_flight: InFlight = "fail",
+    kappa: float = 2.0,
+    seed: int = 0,
+    data_root: str | None = None,
+    storage: str | None = None,
+    explain: bool = True,
+) -> dict[str, Any]:
+    """Maximise `objective` (a feature such as PL_I, or a formula of features) within `budget`
+    experiments: `initial` Latin-hypercube points, then `policy`. Running it again with the same
+    campaign name resumes it."""
+    plan = CampaignPlan(campaign=campaign, objective=objective, policy=policy, budget=budget, initial=initial,
+                        surrogate=surrogate, seed=seed, prior_campaign=prior_campaign, prior_model=prior_model,
+                        in_flight=in_flight, kappa=kappa, storage=storage, data_root=data_root)
+    return _campaign_flow(plan, platform, seed, explain)
+
+
+@_flow("explore")
+def explore(
+    campaign: str,
+    platform: str = "virtual-cs3cu2i5",
+    objective: str = "PL_I",
+    target_r2: float = 0.8,
+    budget: int = 60,
+    initial: int = 9,
+    policy: Literal["mv", "random"] = "mv",
+    surrogate: Literal["gp", "ensemble"] = "gp",
+    check_every: int = 5,
+    in_flight: InFlight = "fail",
+    seed: int = 0,
+    data_root: str | None = None,
+    storage: str | None = None,
+    explain: bool = True,
+) -> dict[str, Any]:
+    """Build a digital twin: Latin-hypercube points, then maximum variance, until the surrogate's
+    held-out R^2 reaches `target_r2` (checked every `check_every` experiments) or the budget ends.
+    The trained model is saved under the campaign folder for use as a prior (`prior_model`)."""
+    plan = CampaignPlan(campaign=campaign, objective=objective, policy=policy, budget=budget, initial=initial,
+                        surrogate=surrogate, seed=seed, in_flight=in_flight, target_r2=target_r2,
+                        check_every=check_every, storage=storage, data_root=data_root)
+    return _campaign_flow(plan, platform, seed, explain)

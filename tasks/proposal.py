@@ -1,0 +1,162 @@
+"""Proposal: the next condition(s) to run, from a surrogate and a decision policy.
+
+Policies (all maximise; points live in the unit cube of the parameter space):
+- `lhs`: Latin-hypercube initial design (scipy.stats.qmc);
+- `mv`: maximum variance, pure exploration (where the surrogate is least sure);
+- `ei`: expected improvement over the best observed value;
+- `ucb`: upper confidence bound, mean + kappa x sd;
+- `eplt`: pure exploitation, the highest predicted mean;
+- `random`: uniform random (a baseline).
+Optuna's TPE (and GP, when torch is installed) are peers through `tasks/ledger.py`.
+
+The acquisition is maximised over quasi-random candidates, local perturbations of the best
+observations, then a bounded L-BFGS polish. A batch of q points uses the kriging believer: each
+chosen point is added with its predicted mean before the next is chosen. Every point goes
+through `feasible()` (the formulation rules) before it is returned.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+from scipy import optimize, stats
+from scipy.stats import qmc
+
+from tasks.surrogate import SurrogateKind, make_surrogate
+
+Policy = Literal["mv", "ei", "ucb", "eplt", "random"]
+POLICIES: tuple[str, ...] = ("mv", "ei", "ucb", "eplt", "random")
+
+N_CANDIDATES = 2048
+N_LOCAL = 512
+N_POLISH = 3
+
+
+@dataclass(frozen=True)
+class PolicySettings:
+    kappa: float = 2.0
+    """UCB exploration weight."""
+    xi: float = 0.01
+    """EI margin, as a share of the spread of the observed objective."""
+
+
+def latin_hypercube(n: int, d: int, seed: int) -> np.ndarray:
+    """`n` unit-cube points, one in each of n slices of every axis (optimised for spread)."""
+    return qmc.LatinHypercube(d=d, seed=seed, optimization="random-cd").random(n)
+
+
+def design_conditions(platform, n: int, seed: int) -> list[dict[str, float]]:
+    """A Latin-hypercube design of `n` conditions in the platform's parameter units."""
+    from tasks.surrogate import from_unit
+
+    points = from_unit(platform, latin_hypercube(n, len(platform.parameters), seed))
+    return [dict(zip(platform.parameter_names, map(float, row))) for row in points]
+
+
+def acquisition(policy: Policy, mean: np.ndarray, sd: np.ndarray, best: float, y_scale: float,
+                settings: PolicySettings = PolicySettings()) -> np.ndarray:
+    """Score to maximise for each candidate."""
+    sd = np.maximum(sd, 1e-12)
+    if policy == "mv":
+        return sd
+    if policy == "eplt":
+        return mean
+    if policy == "ucb":
+        return mean + settings.kappa * sd
+    if policy == "ei":
+        gain = mean - best - settings.xi * y_scale
+        z = gain / sd
+        return gain * stats.norm.cdf(z) + sd * stats.norm.pdf(z)
+    raise ValueError(f"unknown policy {policy!r}; choose one of {POLICIES}")
+
+
+def _candidates(X: np.ndarray, y: np.ndarray, d: int, rng: np.random.Generator) -> np.ndarray:
+    sobol = qmc.Sobol(d=d, seed=rng).random(N_CANDIDATES)
+    parts = [sobol]
+    if len(y):
+        top = X[np.argsort(y)[::-1][:5]]
+        for width in (0.02, 0.08, 0.2):
+            centres = top[rng.integers(0, len(top), N_LOCAL // 3)]
+            parts.append(np.clip(centres + width * rng.standard_normal(centres.shape), 0.0, 1.0))
+        parts.append(top)
+    return np.vstack(parts)
+
+
+def _maximise(score: Callable[[np.ndarray], np.ndarray], candidates: np.ndarray,
+              feasible: Callable[[np.ndarray], bool]) -> np.ndarray:
+    """The best feasible point: best candidates polished with L-BFGS-B inside the unit cube."""
+    values = score(candidates)
+    order = np.argsort(values)[::-1]
+    polished = []
+    for i in order[:N_POLISH]:
+        result = optimize.minimize(lambda u: -float(score(u[None, :])[0]), candidates[i], method="L-BFGS-B",
+                                   bounds=[(0.0, 1.0)] * candidates.shape[1], options={"maxiter": 50})
+        polished.append((float(-result.fun), np.clip(result.x, 0.0, 1.0)))
+    ranked = sorted(polished, key=lambda p: -p[0]) + [(float(values[i]), candidates[i]) for i in order]
+    for _, point in ranked:
+        if feasible(point):
+            return point
+    raise RuntimeError("no feasible candidate: every candidate broke a formulation rule")
+
+
+def propose(
+    policy: Policy,
+    X: np.ndarray,
+    y: np.ndarray,
+    *,
+    q: int = 1,
+    surrogate: SurrogateKind = "gp",
+    seed: int = 0,
+    pending: np.ndarray | None = None,
+    prior: tuple[np.ndarray, np.ndarray] | None = None,
+    feasible: Callable[[np.ndarray], bool] = lambda u: True,
+    settings: PolicySettings = PolicySettings(),
+    model=None,
+) -> tuple[np.ndarray, object | None]:
+    """Next `q` unit-cube points for `policy` given observations (X, y). Returns (points, model).
+
+    `pending`: points already running (treated as observed at their predicted mean).
+    `prior`: extra (X, y) from an earlier campaign or a digital twin, used to train the
+    surrogate (knowledge transfer). `model`: a surrogate to warm-start from.
+    """
+    X, y = np.asarray(X, dtype=float), np.asarray(y, dtype=float)
+    if X.ndim != 2 or len(X) != len(y):
+        raise ValueError(f"X must be (n, d) with one y per row; got X {X.shape}, y {y.shape}")
+    d = X.shape[1]
+    rng = np.random.default_rng(seed)
+    if policy == "random":
+        points = []
+        while len(points) < q:
+            u = rng.random(d)
+            if feasible(u):
+                points.append(u)
+        return np.array(points), None
+    train_X, train_y = X, y
+    if prior is not None and len(prior[1]):
+        train_X, train_y = np.vstack([prior[0], X]), np.concatenate([prior[1], y])
+    if len(train_y) < 2:
+        raise ValueError(f"policy {policy!r} needs at least 2 observations to train a surrogate (has "
+                         f"{len(train_y)}); start with an initial design")
+    model = model or make_surrogate(surrogate, seed)
+    model.fit(train_X, train_y)
+    if pending is not None and len(pending):
+        believed = model.predict(pending)[0]
+        train_X, train_y = np.vstack([train_X, pending]), np.concatenate([train_y, believed])
+        model.fit(train_X, train_y)
+    best = float(np.max(y)) if len(y) else float(np.max(train_y))
+    y_scale = float(np.ptp(train_y)) or 1.0
+    points = []
+    for _ in range(q):
+        def score(U, model=model):
+            mean, sd = model.predict(U)
+            return acquisition(policy, mean, sd, best, y_scale, settings)
+        point = _maximise(score, _candidates(train_X, train_y, d, rng), feasible)
+        points.append(point)
+        if len(points) < q:  # kriging believer
+            believed = model.predict(point[None, :])[0]
+            train_X, train_y = np.vstack([train_X, point]), np.concatenate([train_y, believed])
+            model.fit(train_X, train_y)
+    return np.array(points), model
