@@ -31,7 +31,7 @@ class Objective:
         """The objective of one experiment row; NaN when a feature is missing or the math fails."""
         try:
             value = float(_evaluate(self._tree.body, row))
-        except (ArithmeticError, ValueError, TypeError, KeyError):
+        except (ArithmeticError, ValueError, TypeError, KeyError, RecursionError):
             return float("nan")
         return value if math.isfinite(value) else float("nan")
 
@@ -44,10 +44,18 @@ def parse_objective(expression: str, feature_columns: list[str]) -> Objective:
         tree = ast.parse(expression.strip(), mode="eval")
     except SyntaxError as exc:
         raise SdflInputError(f"objective {expression!r} is not a formula: {exc.msg}") from None
+    except (RecursionError, MemoryError):
+        raise SdflInputError(f"objective of {len(expression)} characters is nested too deeply to parse") from None
     names: list[str] = []
+    called = {id(node.func) for node in ast.walk(tree) if isinstance(node, ast.Call)}
     for node in ast.walk(tree):
         if isinstance(node, ast.Name):
+            if node.id in _FUNCTIONS and id(node) not in called:
+                raise SdflInputError(f"objective {expression!r}: {node.id} is a function; call it, e.g. {node.id}(PL_I)")
             names.append(node.id)
+        elif isinstance(node, ast.Constant):
+            if isinstance(node.value, bool) or not isinstance(node.value, (int, float)):
+                raise SdflInputError(f"objective {expression!r}: {node.value!r} is not a real number")
         elif isinstance(node, ast.Call):
             if not isinstance(node.func, ast.Name) or node.func.id not in _FUNCTIONS or len(node.args) != 1:
                 raise SdflInputError(f"objective {expression!r}: only {sorted(_FUNCTIONS)} of one argument are allowed")

@@ -11,8 +11,10 @@ Optuna's TPE (and GP, when torch is installed) are peers through `tasks/ledger.p
 
 The acquisition is maximised over quasi-random candidates, local perturbations of the best
 observations, then a bounded L-BFGS polish. A batch of q points uses the kriging believer: each
-chosen point is added with its predicted mean before the next is chosen. Every point goes
-through `feasible()` (the formulation rules) before it is returned.
+chosen point is added with its predicted mean (and raises the incumbent for EI) before the next
+is chosen, and no two points of a batch (or a batch and the running experiments) lie within
+1 % of the cube of each other. Every point goes through `feasible()` (the formulation rules)
+before it is returned.
 """
 
 from __future__ import annotations
@@ -33,6 +35,9 @@ POLICIES: tuple[str, ...] = ("mv", "ei", "ucb", "eplt", "random")
 N_CANDIDATES = 2048
 N_LOCAL = 512
 N_POLISH = 3
+MAX_RANDOM_DRAWS = 100_000
+MIN_SEPARATION = 0.01
+"""Two points of one batch closer than this (in the unit cube) would be the same experiment twice."""
 
 
 @dataclass(frozen=True)
@@ -140,11 +145,14 @@ def propose(
     rng = np.random.default_rng(seed)
     if policy == "random":
         points = []
-        while len(points) < q:
+        for _ in range(MAX_RANDOM_DRAWS):
             u = rng.random(d)
             if feasible(u):
                 points.append(u)
-        return np.array(points), None
+                if len(points) == q:
+                    return np.array(points), None
+        raise RuntimeError(f"no feasible candidate: {MAX_RANDOM_DRAWS} random points gave {len(points)} of {q} "
+                           "that pass the formulation rules; check the bounds against the rules")
     train_X, train_y = X, y
     if prior is not None and len(prior[1]):
         train_X, train_y = np.vstack([prior[0], X]), np.concatenate([prior[1], y])
@@ -159,15 +167,22 @@ def propose(
         model.fit(train_X, train_y)
     best = float(np.max(y)) if len(y) else float(np.max(train_y))
     y_scale = float(np.ptp(train_y)) or 1.0
-    points = []
+    points: list[np.ndarray] = []
+    taken = [] if pending is None else list(np.atleast_2d(pending))
     for _ in range(q):
-        def score(U, model=model):
+        def score(U, model=model, best=best):
             mean, sd = model.predict(U)
             return acquisition(policy, mean, sd, best, y_scale, settings)
-        point = _maximise(score, _candidates(train_X, train_y, d, rng), feasible)
+
+        def new_and_feasible(u, taken=tuple(taken)):
+            return all(np.linalg.norm(u - t) > MIN_SEPARATION for t in taken) and feasible(u)
+
+        point = _maximise(score, _candidates(train_X, train_y, d, rng), new_and_feasible)
         points.append(point)
-        if len(points) < q:  # kriging believer
+        taken.append(point)
+        if len(points) < q:  # kriging believer: the chosen point counts as observed at its mean
             believed = model.predict(point[None, :])[0]
+            best = max(best, float(believed[0]))
             train_X, train_y = np.vstack([train_X, point]), np.concatenate([train_y, believed])
             model.fit(train_X, train_y)
     return np.array(points), model

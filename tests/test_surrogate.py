@@ -1,0 +1,222 @@
+"""Surrogates: fit a known function on the unit cube, read mean and spread, save and reload a model."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from sklearn.metrics import r2_score
+
+import tasks.surrogate as surrogate_module
+from hardware.platform import load_platform
+from tasks.surrogate import (
+    EnsembleMLP,
+    GaussianProcess,
+    data_key,
+    from_unit,
+    holdout_r2,
+    load_model,
+    make_surrogate,
+    save_model,
+    to_unit,
+)
+
+PLATFORM = load_platform()
+D = len(PLATFORM.parameters)  # 7 in the default space
+
+
+def smooth(U: np.ndarray) -> np.ndarray:
+    """A smooth test function of the unit cube: a sum of sines plus one interaction."""
+    return np.sin(2 * U).sum(axis=1) + U[:, 0] * U[:, 1]
+
+
+def relevant_x0(U: np.ndarray) -> np.ndarray:
+    """Depends strongly on x0, barely on x6, not at all on the rest."""
+    return np.sin(4 * U[:, 0]) + 0.05 * U[:, 6]
+
+
+@pytest.fixture(scope="module")
+def cube():
+    """80 training points and 300 fresh points, uniform in the 7-D unit cube."""
+    rng = np.random.default_rng(0)
+    return rng.random((80, D)), rng.random((300, D))
+
+
+@pytest.fixture(scope="module")
+def half_cube():
+    """Training points with x0 in [0, 0.5] and fresh points with x0 in [0.75, 1] (far from all of them)."""
+    rng = np.random.default_rng(1)
+    train = rng.random((80, D))
+    train[:, 0] *= 0.5
+    far = rng.random((300, D))
+    far[:, 0] = 0.75 + 0.25 * far[:, 0]
+    return train, far
+
+
+@pytest.fixture(scope="module")
+def fitted(cube):
+    """Both surrogates with their default settings, trained once on the 80 points."""
+    X, _ = cube
+    return {kind: make_surrogate(kind, seed=0).fit(X, smooth(X)) for kind in ("gp", "ensemble")}
+
+
+# --- fit quality and uncertainty --------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("kind", "min_r2"), [("gp", 0.9), ("ensemble", 0.8)])
+def test_surrogate_predicts_fresh_points_of_a_smooth_function(fitted, cube, kind, min_r2):
+    _, fresh = cube
+    mean, sd = fitted[kind].predict(fresh)
+    assert mean.shape == sd.shape == (len(fresh),)
+    assert np.all(sd >= 0)
+    assert r2_score(smooth(fresh), mean) > min_r2
+
+
+@pytest.mark.parametrize("kind", ["gp", "ensemble"])
+def test_surrogate_is_less_sure_far_from_its_data(half_cube, kind):
+    train, far = half_cube
+    model = make_surrogate(kind, seed=0).fit(train, smooth(train))
+    _, sd_at_data = model.predict(train)
+    _, sd_far = model.predict(far)
+    assert sd_far.mean() > 1.5 * sd_at_data.mean()
+
+
+def test_a_single_point_prediction_takes_a_1d_row(fitted):
+    mean, sd = fitted["gp"].predict(np.full(D, 0.5))
+    assert mean.shape == sd.shape == (1,)
+
+
+# --- Gaussian process: warm start and relevance -----------------------------------------------
+
+
+def test_gp_refit_starts_from_the_previous_kernel_without_restarts(cube):
+    X, fresh = cube
+    gp = GaussianProcess(seed=0, restarts=2)
+    gp.fit(X[:60], smooth(X[:60]))
+    assert gp.model.n_restarts_optimizer == 2
+    learned = gp.model.kernel_.theta.copy()
+
+    gp.fit(X, smooth(X))  # one more batch of observations, as in a closed loop
+
+    assert gp.model.n_restarts_optimizer == 0
+    assert np.allclose(gp.model.kernel.theta, learned)  # the starting point is the last fit's kernel
+    assert r2_score(smooth(fresh), gp.predict(fresh)[0]) > 0.9
+
+
+def test_gp_refit_on_another_number_of_inputs_starts_afresh(cube):
+    X, _ = cube
+    gp = GaussianProcess(seed=0).fit(X, smooth(X))
+    gp.fit(X[:, :3], np.sin(2 * X[:, :3]).sum(axis=1))
+    assert gp.length_scales().shape == (3,)
+    assert gp.model.n_restarts_optimizer == gp.restarts
+
+
+def test_gp_length_scales_are_shortest_for_the_input_that_matters(cube):
+    X, _ = cube
+    gp = GaussianProcess(seed=0).fit(X, relevant_x0(X))
+    scales = gp.length_scales()
+    assert scales.shape == (D,)
+    assert scales[0] == scales.min()
+    assert scales[0] < scales[6] / 10
+
+
+# --- held-out R^2 -----------------------------------------------------------------------------
+
+
+def test_holdout_r2_trains_on_80_percent_and_scores_on_20(monkeypatch, cube):
+    X, _ = cube
+    rows = {}
+
+    class Spy:  # a stand-in surrogate that records what it is fitted on and asked about
+        def fit(self, X, y):
+            rows["train"] = len(X)
+            return self
+
+        def predict(self, X):
+            rows["test"] = len(X)
+            return np.zeros(len(X)), np.ones(len(X))
+
+    monkeypatch.setattr(surrogate_module, "make_surrogate", lambda kind, seed: Spy())
+    holdout_r2("gp", X[:50], smooth(X[:50]))
+    assert rows == {"train": 40, "test": 10}
+
+
+def test_holdout_r2_is_high_for_a_learnable_function_and_deterministic_for_a_seed(cube):
+    X, _ = cube
+    first = holdout_r2("gp", X[:40], smooth(X[:40]), seed=3)
+    assert first > 0.8
+    assert holdout_r2("gp", X[:40], smooth(X[:40]), seed=3) == first
+    assert holdout_r2("gp", X[:40], smooth(X[:40]), seed=4) != first  # another split
+
+
+def test_holdout_r2_is_nan_below_ten_points(cube):
+    X, _ = cube
+    assert np.isnan(holdout_r2("gp", X[:9], smooth(X[:9])))
+    assert np.isfinite(holdout_r2("gp", X[:10], smooth(X[:10])))
+
+
+# --- unit cube <-> parameter units ------------------------------------------------------------
+
+
+def test_unit_cube_round_trip_on_the_default_platform():
+    low = np.array([p.low for p in PLATFORM.parameters])
+    high = np.array([p.high for p in PLATFORM.parameters])
+    conditions = np.vstack([low, high, (low + high) / 2, low + 0.3 * (high - low)])
+
+    unit = to_unit(PLATFORM, conditions)
+
+    assert np.allclose(unit[0], 0) and np.allclose(unit[1], 1) and np.allclose(unit[2], 0.5)
+    assert np.allclose(unit[3], 0.3)
+    assert np.allclose(from_unit(PLATFORM, unit), conditions)
+    temperature = PLATFORM.parameter_names.index("temperature_c")
+    assert from_unit(PLATFORM, np.full(D, 0.5))[temperature] == pytest.approx(135.0)  # 120-150 C
+
+
+def test_from_unit_clips_points_outside_the_cube_to_the_bounds():
+    low = np.array([p.low for p in PLATFORM.parameters])
+    high = np.array([p.high for p in PLATFORM.parameters])
+    outside = np.array([np.full(D, -0.5), np.full(D, 1.5)])
+    assert np.allclose(from_unit(PLATFORM, outside), [low, high])
+
+
+# --- saving, loading and naming models --------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", ["gp", "ensemble"])
+def test_saved_model_predicts_the_same_after_loading(fitted, cube, tmp_path, kind):
+    X, fresh = cube
+    meta = {"parameters": PLATFORM.parameter_names, "objective": "PL_I", "kind": kind,
+            "data_key": data_key(X, smooth(X), kind)}
+    path = save_model(fitted[kind], tmp_path / "models" / f"{kind}.pkl", meta)
+
+    saved = load_model(path)
+
+    assert path.exists() and not path.with_suffix(".tmp").exists()
+    assert {k: v for k, v in saved.items() if k != "model"} == meta
+    before, after = fitted[kind].predict(fresh), saved["model"].predict(fresh)
+    assert np.array_equal(before[0], after[0]) and np.array_equal(before[1], after[1])
+
+
+def test_data_key_names_the_training_data_and_the_kind(cube):
+    X, _ = cube
+    y = smooth(X)
+    key = data_key(X, y, "gp")
+    assert len(key) == 16 and int(key, 16) >= 0
+    assert data_key(X.copy(), y.copy(), "gp") == key
+    assert data_key(X, y, "ensemble") != key
+    y_changed = y.copy()
+    y_changed[5] += 1e-9
+    assert data_key(X, y_changed, "gp") != key
+    assert data_key(X[:-1], y[:-1], "gp") != key
+
+
+def test_unknown_surrogate_kind_names_the_choices():
+    with pytest.raises(ValueError, match="'gp' or 'ensemble'"):
+        make_surrogate("forest")
+
+
+def test_ensemble_members_differ_so_their_spread_is_an_uncertainty(cube):
+    X, _ = cube
+    model = EnsembleMLP(members=3, hidden=(8,), seed=0).fit(X[:30], smooth(X[:30]))
+    assert len(model.models) == 3
+    _, sd = model.predict(np.full((1, D), 0.99))
+    assert sd[0] > 0
