@@ -269,7 +269,7 @@ def explore(
     target_r2: float = 0.8,
     budget: int = 60,
     initial: int = 9,
-    policy: Literal["mv", "random"] = "mv",
+    policy: Literal["ivr", "mv", "random"] = "ivr",
     surrogate: Literal["gp", "ensemble"] = "gp",
     check_every: int = 5,
     in_flight: InFlight = "fail",
@@ -278,8 +278,10 @@ def explore(
     storage: str | None = None,
     explain: bool = True,
 ) -> dict[str, Any]:
-    """Build a digital twin: Latin-hypercube points, then maximum variance, until the surrogate's
-    held-out R^2 reaches `target_r2` (checked every `check_every` experiments) or the budget ends.
+    """Build a digital twin: Latin-hypercube points, then an exploration policy (integrated
+    variance reduction by default; the paper's maximum variance with policy="mv"), until the
+    surrogate's held-out R^2 reaches `target_r2` (checked every `check_every` experiments) or the
+    budget ends.
     The trained model is saved under the campaign folder for use as a prior (`prior_model`)."""
     plan = CampaignPlan(campaign=campaign, objective=objective, policy=policy, budget=budget, initial=initial,
                         surrogate=surrogate, seed=seed, in_flight=in_flight, target_r2=target_r2,

@@ -88,6 +88,15 @@ class EnsembleMLP:
         mean, scale = self._y
         return mean + scale * preds.mean(axis=0), scale * preds.std(axis=0)
 
+    def covariance(self, X: np.ndarray) -> np.ndarray:
+        """Covariance of the predictions at X (n, n), from the spread of the members."""
+        preds = np.stack([m.predict(np.atleast_2d(X)) for m in self.models])
+        return self._y[1] ** 2 * np.cov(preds, rowvar=False, bias=True)
+
+    def noise_variance(self) -> float:
+        """The members model no measurement noise: a small floor keeps ratios finite."""
+        return 1e-4 * self._y[1] ** 2
+
 
 @dataclass
 class GaussianProcess:
@@ -120,6 +129,16 @@ class GaussianProcess:
         mu, sd = self.model.predict(np.atleast_2d(X), return_std=True)
         mean, scale = self._y
         return mean + scale * mu, scale * sd
+
+    def covariance(self, X: np.ndarray) -> np.ndarray:
+        """Posterior covariance of the latent objective at X (n, n), noise excluded."""
+        _, cov = self.model.predict(np.atleast_2d(X), return_cov=True)
+        cov = cov - self.model.kernel_.k2.noise_level * np.eye(len(cov))
+        return self._y[1] ** 2 * cov
+
+    def noise_variance(self) -> float:
+        """The fitted measurement-noise variance, in objective units squared."""
+        return float(self.model.kernel_.k2.noise_level) * self._y[1] ** 2
 
     def length_scales(self) -> np.ndarray:
         return np.asarray(self.model.kernel_.k1.k2.length_scale)

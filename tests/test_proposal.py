@@ -95,6 +95,26 @@ def test_mv_explores_where_the_surrogate_is_least_sure(corner_cluster):
     assert sd_here[0] >= sd_anywhere.max()
 
 
+def test_ivr_fills_the_unknown_space_where_mv_runs_to_a_corner():
+    """Half the cube is known: MV picks the emptiest corner, IVR a point that informs the most
+    of the empty half, well inside it."""
+    X = latin_hypercube(30, D, seed=6)
+    X[:, 0] *= 0.5  # every observation has x0 < 0.5
+    y = bowl(X)
+    mv, _ = propose("mv", X, y, seed=1)
+    ivr, model = propose("ivr", X, y, seed=1)
+    assert ivr[0, 0] > 0.5  # into the unknown half
+    corner_distance = lambda u: np.abs(u - np.round(u)).sum()  # noqa: E731  (L1 distance to the nearest corner)
+    assert corner_distance(ivr[0]) > corner_distance(mv[0]) + 0.5
+    # and it is the measurement that would cut the mean variance most among random alternatives
+    from tasks.proposal import variance_reduction
+
+    reference = np.random.default_rng(2).random((256, D))
+    others = np.random.default_rng(3).random((200, D))
+    cuts = variance_reduction(model, np.vstack([ivr, others]), reference)
+    assert cuts[0] >= np.quantile(cuts[1:], 0.99)
+
+
 def test_eplt_goes_to_the_highest_predicted_mean(bowl_design):
     X, y = bowl_design
     points, _ = propose("eplt", X, y)
