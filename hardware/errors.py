@@ -99,3 +99,19 @@ class HeaterNotStable(FatalInstrumentError):
 
 class SafetyLimitExceeded(FatalInstrumentError):
     """A request broke a hardware safety limit (temperature, rate, volume)."""
+
+
+class CommandRejected(FatalInstrumentError):
+    """The instrument refused a command (for example a Chemyx pump's "Invalid Command!")."""
+
+
+class ValueClamped(SafetyLimitExceeded):
+    """The instrument took a different value than the one asked for (it clamped it to a limit)."""
+
+
+class WrongDevice(FatalInstrumentError):
+    """The device on the port does not answer like the expected instrument (wrong port or baud rate)."""
+
+
+class SpectrometerNotFound(FatalInstrumentError):
+    """No spectrometer with the wanted serial number is attached (or it cannot be opened)."""

@@ -1,0 +1,1 @@
+"""Instrument drivers: real hardware over serial and USB. Nothing here imports Prefect."""

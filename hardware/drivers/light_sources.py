@@ -1,0 +1,260 @@
+"""Light sources switched by the rig: the PL excitation LED and the DH-2000-BAL's shutter.
+
+Three ways to switch one, each satisfying `hardware.interfaces.LightSource`:
+- `SpectrometerLampSource`: the spectrometer's lamp-enable (strobe) line, seabreeze's
+  `strobe_lamp` feature;
+- `GpioLightSource`: one GPIO pin of the spectrometer, seabreeze's `gpio` feature (read back);
+- `SerialRelaySource`: one channel of an LCUS-type USB serial relay board (pyserial).
+
+seabreeze 2.11's pyseabreeze backend implements neither `strobe_lamp` nor `gpio`, and the HDX
+(pyseabreeze only) exposes only its spectrometer, nonlinearity and raw-USB features there, so on an
+HDX rig the relay is the way; the first two serve units whose backend has those features.
+
+DH-2000-BAL: its deuterium and halogen lamps stay lit (they need ~30 min to stabilise); "on" and
+"off" open and close its shutter, which follows a TTL level on its shutter input. Feed that input
+from a GPIO/lamp-enable line of the spectrometer, or switch it through a relay channel; if the
+shutter opens on a low level, pass `active_high=False` / `invert=True`.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+import serial
+
+from hardware.drivers.oceaninsight import OceanSpectrometer
+from hardware.errors import (
+    FatalInstrumentError,
+    GarbledReply,
+    InstrumentDisconnected,
+    InstrumentTimeout,
+    PlatformConfigError,
+)
+
+log = logging.getLogger(__name__)
+
+NO_FEATURE_HINT = (
+    "seabreeze's pyseabreeze backend implements neither 'strobe_lamp' nor 'gpio' (and cseabreeze cannot "
+    "drive an HDX): switch this source with a serial relay channel (SerialRelaySource) instead"
+)
+
+
+def _require(spectrometer: OceanSpectrometer, identifier: str, source: str):
+    feature = spectrometer.feature(identifier)
+    if feature is None:
+        raise PlatformConfigError(
+            f"light source {source!r}: {spectrometer.model} {spectrometer.serial_number} on backend "
+            f"{spectrometer.backend!r} has no {identifier!r} feature; {NO_FEATURE_HINT}"
+        )
+    return feature
+
+
+class SpectrometerLampSource:
+    """A source on the spectrometer's lamp-enable line. The line cannot be read back, so `is_on`
+    is the last state set. Switched off when built, so the state is known."""
+
+    def __init__(self, spectrometer: OceanSpectrometer, name: str):
+        self.name = name
+        self.spectrometer = spectrometer
+        self._feature = _require(spectrometer, "strobe_lamp", name)
+        self._on = False
+        self.off()
+
+    def _set(self, on: bool) -> None:
+        try:
+            with self.spectrometer.guarded(f"switching lamp-enable for {self.name} {'on' if on else 'off'}"):
+                self._feature.enable_lamp(bool(on))
+        except NotImplementedError as exc:
+            raise PlatformConfigError(f"light source {self.name!r}: {NO_FEATURE_HINT}") from exc
+        self._on = on
+
+    def on(self) -> None:
+        self._set(True)
+
+    def off(self) -> None:
+        self._set(False)
+
+    def is_on(self) -> bool:
+        return self._on
+
+
+class GpioLightSource:
+    """A source (or the DH-2000's TTL shutter input) on one GPIO pin of the spectrometer.
+
+    The pin is made an output when built and switched off; each switch is read back.
+    """
+
+    def __init__(self, spectrometer: OceanSpectrometer, pin: int, name: str, active_high: bool = True):
+        self.name = name
+        self.spectrometer = spectrometer
+        self.pin = int(pin)
+        self.active_high = active_high
+        self._mask = 1 << self.pin
+        self._gpio = _require(spectrometer, "gpio", name)
+        try:
+            with spectrometer.guarded(f"making GPIO pin {pin} an output for {name}"):
+                pins = int(self._gpio.get_number_of_gpio_pins())
+                if not 0 <= self.pin < pins:
+                    raise PlatformConfigError(
+                        f"light source {name!r}: GPIO pin {pin} does not exist on {spectrometer.model} "
+                        f"{spectrometer.serial_number} (pins 0-{pins - 1})")
+                self._gpio.set_gpio_output_enable_vector(self._mask, self._mask)
+        except NotImplementedError as exc:
+            raise PlatformConfigError(f"light source {name!r}: {NO_FEATURE_HINT}") from exc
+        self.off()
+
+    def _level(self) -> bool:
+        with self.spectrometer.guarded(f"reading GPIO pin {self.pin} of {self.name}"):
+            return bool(int(self._gpio.get_gpio_value_vector()) & self._mask)
+
+    def _set(self, on: bool) -> None:
+        level = on == self.active_high
+        with self.spectrometer.guarded(f"switching {self.name} {'on' if on else 'off'} on GPIO pin {self.pin}"):
+            self._gpio.set_gpio_value_vector(self._mask if level else 0, self._mask)
+        if self._level() != level:
+            raise FatalInstrumentError(self.name, (
+                f"GPIO pin {self.pin} of {self.spectrometer.serial_number} did not go "
+                f"{'high' if level else 'low'}; check that nothing else drives it and the wiring"))
+
+    def on(self) -> None:
+        self._set(True)
+
+    def off(self) -> None:
+        self._set(False)
+
+    def is_on(self) -> bool:
+        return self._level() == self.active_high
+
+
+# --- USB serial relay boards ----------------------------------------------------------------
+
+PROTOCOLS = ("lcus", "lcus-feedback")
+"""LCUS-type boards (CH340 USB-serial, 9600 8N1) take 4-byte frames A0 <channel> <op> <sum>, the
+last byte being (A0 + channel + op) & 0xFF, channels from 1. `lcus`: op 01 on, 00 off, no reply.
+`lcus-feedback` (boards that answer): op 03 on / 02 off, each answered by A0 <channel> <state>
+<sum>, and op 05 asks a channel's state."""
+
+START = 0xA0
+OP_OFF, OP_ON, OP_OFF_REPLY, OP_ON_REPLY, OP_QUERY = 0x00, 0x01, 0x02, 0x03, 0x05
+
+
+def frame(channel: int, op: int) -> bytes:
+    return bytes([START, channel, op, (START + channel + op) & 0xFF])
+
+
+class RelayBoard:
+    """One relay board on one serial port, shared by the sources on its channels."""
+
+    _boards: dict[str, RelayBoard] = {}
+    _boards_lock = threading.Lock()
+
+    def __init__(self, port: str, protocol: str = "lcus", baudrate: int = 9600, timeout_s: float = 0.5):
+        if protocol not in PROTOCOLS:
+            raise PlatformConfigError(f"relay protocol {protocol!r} is unknown; use one of {', '.join(PROTOCOLS)}")
+        self.port = port
+        self.protocol = protocol
+        self._lock = threading.Lock()
+        self._users = 0
+        try:
+            self._serial = serial.serial_for_url(port, baudrate=baudrate, timeout=timeout_s, write_timeout=timeout_s)
+        except (serial.SerialException, OSError, ValueError) as exc:
+            raise InstrumentDisconnected(f"relay {port}", (
+                f"cannot open the relay board's port: {exc}; check the USB cable and the port name "
+                "(ls /dev/ttyUSB* /dev/serial/by-id/), and that your user is in the dialout group")) from exc
+
+    @classmethod
+    def shared(cls, port: str, protocol: str = "lcus", **options) -> RelayBoard:
+        """The open board on `port` (opened on first use)."""
+        with cls._boards_lock:
+            board = cls._boards.get(port)
+            if board is None or not board._serial.is_open:
+                board = cls._boards[port] = cls(port, protocol, **options)
+            elif board.protocol != protocol:
+                raise PlatformConfigError(
+                    f"relay board {port} is used with protocol {board.protocol!r} and {protocol!r}; pick one")
+            board._users += 1
+            return board
+
+    def release(self) -> None:
+        """One user less; the port closes with the last one."""
+        with self._boards_lock:
+            self._users -= 1
+            if self._users <= 0:
+                self._boards.pop(self.port, None)
+                self._serial.close()
+
+    def switch(self, channel: int, on: bool) -> bool | None:
+        """Switch a channel; returns the state the board reports, or None if it cannot report."""
+        if self.protocol == "lcus":
+            self._exchange(frame(channel, OP_ON if on else OP_OFF), reply=False)
+            return None
+        return self._reply_state(channel, self._exchange(frame(channel, OP_ON_REPLY if on else OP_OFF_REPLY)))
+
+    def state(self, channel: int) -> bool | None:
+        """The channel's state as the board reports it, or None if it cannot report."""
+        if self.protocol == "lcus":
+            return None
+        return self._reply_state(channel, self._exchange(frame(channel, OP_QUERY)))
+
+    def _exchange(self, request: bytes, reply: bool = True) -> bytes:
+        who = f"relay {self.port}"
+        with self._lock:
+            try:
+                self._serial.reset_input_buffer()
+                self._serial.write(request)
+                self._serial.flush()
+                answer = self._serial.read(4) if reply else b""
+            except (serial.SerialException, OSError) as exc:
+                raise InstrumentDisconnected(who, f"serial port failed ({exc}); check the USB cable") from exc
+        if reply and len(answer) < 4:
+            raise InstrumentTimeout(who, f"no answer to {request.hex(' ')} (got {answer.hex(' ') or 'nothing'})")
+        return answer
+
+    def _reply_state(self, channel: int, answer: bytes) -> bool:
+        start, ch, state, total = answer
+        if start != START or ch != channel or state not in (0, 1) or total != (start + ch + state) & 0xFF:
+            raise GarbledReply(f"relay {self.port}", f"answer {answer.hex(' ')} for channel {channel} does not parse")
+        return bool(state)
+
+
+class SerialRelaySource:
+    """A source switched by channel `channel` (from 1) of an LCUS-type USB relay board.
+
+    With protocol `lcus-feedback` each switch is confirmed by the board and `is_on` asks it; with
+    plain `lcus` the board cannot answer and `is_on` is the last state set. `invert=True` for a
+    source that is on while the relay is released. Switched off when built.
+    """
+
+    def __init__(self, port: str, channel: int, name: str, protocol: str = "lcus", invert: bool = False,
+                 baudrate: int = 9600, timeout_s: float = 0.5):
+        if not 1 <= int(channel) <= 8:
+            raise PlatformConfigError(f"light source {name!r}: relay channel {channel} is not in 1-8")
+        self.name = name
+        self.channel = int(channel)
+        self.invert = invert
+        self.board = RelayBoard.shared(port, protocol, baudrate=baudrate, timeout_s=timeout_s)
+        self._on = False
+        self.off()
+
+    def _set(self, on: bool) -> None:
+        energised = on != self.invert
+        reported = self.board.switch(self.channel, energised)
+        if reported is not None and reported != energised:
+            raise FatalInstrumentError(self.name, (
+                f"relay channel {self.channel} on {self.board.port} reports "
+                f"{'closed' if reported else 'open'} after it was switched {'on' if energised else 'off'}"))
+        self._on = on
+
+    def on(self) -> None:
+        self._set(True)
+
+    def off(self) -> None:
+        self._set(False)
+
+    def is_on(self) -> bool:
+        reported = self.board.state(self.channel)
+        return self._on if reported is None else reported != self.invert
+
+    def close(self) -> None:
+        self.board.release()

@@ -1,0 +1,1 @@
+"""Instrument emulators on real pseudo-terminals, driven by the virtual lab, for testing drivers."""

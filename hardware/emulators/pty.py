@@ -1,0 +1,115 @@
+"""A line server on a real pseudo-terminal: the base of the instrument emulators.
+
+The driver opens `server.port` (the pty's slave device, e.g. /dev/pts/7) exactly as it would
+open a USB-serial adapter; a daemon thread reads command lines from the master side and writes
+the replies that `handle_line` returns. `close()` (or `disconnect()`) hangs the line up, which
+the driver sees as a vanished port.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import select
+import threading
+import tty
+
+log = logging.getLogger(__name__)
+
+POLL_S = 0.02
+"""How often the server thread checks whether it should stop."""
+
+
+class PtyServer:
+    """Serve one pseudo-terminal. Subclasses implement `handle_line(line) -> bytes | None`.
+
+    Lines end with CR, LF or CR LF; empty lines are ignored. A `None` reply sends nothing.
+    Use it as a context manager, or call `close()`.
+    """
+
+    def __init__(self, *, name: str = "pty-server"):
+        self._master, self._slave = os.openpty()
+        tty.setraw(self._slave)
+        self.port = os.ttyname(self._slave)
+        self.name = name
+        self.errors: list[BaseException] = []
+        """Exceptions raised by `handle_line` (the thread keeps serving after one)."""
+        self._stopping = threading.Event()
+        self._closed = False
+        self._close_lock = threading.Lock()
+        self._thread = threading.Thread(target=self._serve, name=f"{name} {self.port}", daemon=True)
+        self._thread.start()
+
+    def handle_line(self, line: bytes) -> bytes | None:
+        raise NotImplementedError
+
+    # --- the server thread ---------------------------------------------------------------------
+    def _serve(self) -> None:
+        buffer = b""
+        while not self._stopping.is_set():
+            try:
+                ready, _, _ = select.select([self._master], [], [], POLL_S)
+                if not ready:
+                    continue
+                chunk = os.read(self._master, 4096)
+            except (OSError, ValueError):  # the fd was closed under us: the line is gone
+                return
+            if not chunk:
+                return
+            buffer += chunk
+            while True:
+                cut = min((i for i in (buffer.find(b"\r"), buffer.find(b"\n")) if i >= 0), default=-1)
+                if cut < 0:
+                    break
+                line, buffer = buffer[:cut], buffer[cut + 1:]
+                if line.strip() and not self._stopping.is_set():
+                    self._answer(line.strip())
+
+    def _answer(self, line: bytes) -> None:
+        try:
+            reply = self.handle_line(line)
+        except Exception as exc:  # a bug in one reply must not kill the device
+            log.exception("%s: error while answering %r", self.name, line)
+            self.errors.append(exc)
+            return
+        if reply:
+            self.write(reply)
+
+    def write(self, data: bytes) -> None:
+        """Send bytes to the driver (from the server thread or a test)."""
+        view = memoryview(data)
+        while view:
+            try:
+                written = os.write(self._master, view)
+            except OSError:
+                return
+            view = view[written:]
+
+    # --- lifetime --------------------------------------------------------------------------------
+    def close(self) -> None:
+        """Stop the thread and close both ends: the driver's port goes dead (EIO)."""
+        with self._close_lock:
+            if self._closed:
+                return
+            self._closed = True
+        self._stopping.set()
+        if threading.current_thread() is not self._thread:
+            self._thread.join(timeout=2.0)
+        for fd in (self._master, self._slave):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+
+    disconnect = close
+    """Pull the cable: the same as `close()`, named for what a test means by it."""
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
