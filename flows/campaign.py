@@ -214,7 +214,7 @@ def _campaign_flow(plan: CampaignPlan, platform_name: str, seed_rig: int | None,
         update_progress_artifact(progress, progress=100.0 * done / budget)
 
     with rig.lock:
-        state = run_campaign(rig, plan, prefect_steps(config.platform.kind == "virtual"), on_progress, log)
+        state = run_campaign(rig, plan, prefect_steps(config.platform.kind != "real"), on_progress, log)
     study = ledger.open_study(plan.campaign, config, state.objective.expression,
                               ledger.storage_url(plan.data_root, plan.storage), None)[0]
     summary = build_report(config, study, state.objective, plan.surrogate, state.prior, plan.data_root,
@@ -239,7 +239,7 @@ def optimize(
     campaign: str,
     platform: str = "virtual-cs3cu2i5",
     objective: str = "PL_I",
-    policy: Literal["ei", "ucb", "eplt", "mv", "random", "tpe", "gp"] = "ei",
+    policy: Literal["ei", "ucb", "eplt", "mv", "ivr", "random", "tpe", "gp"] = "ei",
     budget: int = 30,
     initial: int = 9,
     surrogate: Literal["gp", "ensemble"] = "gp",

@@ -61,7 +61,7 @@ def build_report(platform: PlatformConfig, study, objective, surrogate: str, pri
             "objective": objective.expression, "kind": surrogate, "X": from_unit(platform, train_X),
             "y": train_y, "data_key": data_key(train_X, train_y, surrogate)})
         summary["model"] = str(folder / "model.pkl")
-    if platform.platform.kind == "virtual":
+    if platform.platform.kind != "real":  # virtual or emulated: a noiseless twin exists
         summary.update(_against_twin(platform, objective, model, X, y, root))
     table.to_csv(folder / "trials.csv", index=False)
     plots = [explain.plot_best_so_far(table["value"].to_numpy(dtype=float), objective.expression,

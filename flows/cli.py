@@ -74,6 +74,27 @@ def cmd_platform(args) -> int:
     return 0
 
 
+def cmd_doctor(args) -> int:
+    from hardware.doctor import check_platform
+    from hardware.platform import load_platform
+    from hardware.rig import close_all_rigs
+
+    cfg = load_platform(args.platform)
+    print(f"{cfg.platform.name} ({cfg.platform.kind}), {cfg.source}\n")
+    try:
+        checks = check_platform(cfg, seed=args.seed)
+    finally:
+        close_all_rigs()
+    rows = [{"instrument": c.role, "name": c.name, "driver": c.driver, "ok": "yes" if c.ok else "NO",
+             "answer": c.answer} for c in checks]
+    import pandas as pd
+
+    _print_frame(pd.DataFrame(rows))
+    failed = [c for c in checks if not c.ok]
+    print(f"\n{len(checks) - len(failed)} of {len(checks)} instruments answered")
+    return 1 if failed else 0
+
+
 def _condition_from_args(cfg, settings: dict[str, float]) -> dict[str, float]:
     from flows.characterize import centre_condition
 
@@ -225,6 +246,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--list", action="store_true", help="list the shipped platforms")
     p.set_defaults(func=cmd_platform)
 
+    p = sub.add_parser("doctor", help="ask every instrument of a platform who it is (moves nothing)")
+    p.add_argument("--platform", default="virtual-cs3cu2i5", help="shipped platform name or path to a .toml")
+    p.add_argument("--seed", type=int, default=None)
+    p.set_defaults(func=cmd_doctor)
+
     p = sub.add_parser("experiment", help="run one condition end to end and record it")
     common(p)
     p.add_argument("--set", action="append", metavar="NAME=VALUE",
@@ -263,14 +289,14 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--no-explain", action="store_true", help="skip SHAP and the response surface")
 
     p = sub.add_parser("optimize", help="closed-loop optimization of an objective")
-    campaign_args(p, ["ei", "ucb", "eplt", "mv", "random", "tpe", "gp"], "ei", 30)
+    campaign_args(p, ["ei", "ucb", "eplt", "mv", "ivr", "random", "tpe", "gp"], "ei", 30)
     p.add_argument("--prior-campaign", default=None, help="learn from an earlier campaign's data")
     p.add_argument("--prior-model", default=None, help="learn from a saved digital twin (model.pkl)")
     p.add_argument("--kappa", type=float, default=2.0, help="UCB exploration weight")
     p.set_defaults(func=cmd_optimize)
 
-    p = sub.add_parser("explore", help="build a digital twin (LHS + maximum variance) to a target R^2")
-    campaign_args(p, ["mv", "random"], "mv", 60)
+    p = sub.add_parser("explore", help="build a digital twin (LHS + integrated variance reduction) to a target R^2")
+    campaign_args(p, ["ivr", "mv", "random"], "ivr", 60)
     p.add_argument("--target-r2", type=float, default=0.8)
     p.set_defaults(func=cmd_explore)
 

@@ -234,7 +234,7 @@ def run_experiment(
                 rig, condition=condition, flowrates_ul_min=flowrates_ul_min, temperature_c=temperature_c,
                 campaign=campaign, experiment_id=experiment_id, replicates=replicates,
                 steady_check=steady_check, finish=finish, data_root=data_root, seed=seed,
-                flow_run_id=run_id, steps=prefect_steps(config.platform.kind == "virtual"), log=logger,
+                flow_run_id=run_id, steps=prefect_steps(config.platform.kind != "real"), log=logger,
             )
     except Exception:
         _IN_FLIGHT.pop(run_id or "", None)  # recorded as failed by the body

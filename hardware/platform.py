@@ -17,6 +17,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from hardware.errors import InvalidCondition, PlatformConfigError
+from hardware.safety import temperature_limit
 from hardware.units import (
     Celsius,
     FlowULMin,
@@ -40,7 +41,10 @@ class _Strict(BaseModel):
 
 class PlatformInfo(_Strict):
     name: str = Field(pattern=r"^[a-z0-9][a-z0-9-]*$")
-    kind: Literal["virtual", "real"]
+    kind: Literal["virtual", "emulated", "real"] = Field(description=(
+        "virtual: simulated instruments; emulated: the real drivers talking to protocol emulators "
+        "driven by the virtual lab; real: the instruments in the device tables"))
+    base: str | None = Field(default=None, description="a platform this file extends (shipped name or path)")
     description: str = ""
     carrier_phase: str = ""
     tubing_material: str = ""
@@ -304,6 +308,10 @@ class PlatformConfig(_Strict):
                 "with more than one stream, rules.equal_stream_flows must list every stream "
                 f"(streams: {sorted(streams)})"
             )
+        limit, why = temperature_limit(self.platform.tubing_material, self.platform.carrier_phase)
+        if self.rules.max_temperature > limit:
+            raise ValueError(f"rules.max_temperature ({self.rules.max_temperature:g} C) is above the {why}; "
+                             "lower it (see hardware/safety.py)")
         if self.rules.tau_from_stream not in streams:
             raise ValueError(f"rules.tau_from_stream names unknown stream {self.rules.tau_from_stream!r}")
         carrier = self.rules.carrier_pump
@@ -431,17 +439,58 @@ def load_platform(name_or_path: str | Path = DEFAULT_PLATFORM) -> PlatformConfig
             f"platform config {str(name_or_path)!r} not found (looked for {path}); "
             f"shipped platforms: {shipped_platforms()}; or give a path to a .toml file"
         )
+    data, digest = _read_with_base(path, [])
+    data["source"] = str(path)
+    data["sha256"] = digest.hexdigest()
+    try:
+        return PlatformConfig.model_validate(data)
+    except ValidationError as exc:
+        raise PlatformConfigError(format_validation_error(path, exc)) from None
+
+
+def _read_with_base(path: Path, chain: list[Path]):
+    """The file's tables merged over its base platform's (recursively), and a hash of all files."""
+    if path.resolve() in chain:
+        raise PlatformConfigError(f"{path}: platform.base makes a loop: {' -> '.join(map(str, chain + [path]))}")
     raw = path.read_bytes()
     try:
         data = tomllib.loads(raw.decode("utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise PlatformConfigError(f"{path}: not valid TOML: {exc}") from exc
-    data["source"] = str(path)
-    data["sha256"] = hashlib.sha256(raw).hexdigest()
-    try:
-        return PlatformConfig.model_validate(data)
-    except ValidationError as exc:
-        raise PlatformConfigError(format_validation_error(path, exc)) from None
+    base = data.get("platform", {}).get("base")
+    if not base:
+        return data, hashlib.sha256(raw)
+    base_path = resolve_platform_path(base)
+    if not base_path.is_absolute() and not base_path.exists():
+        base_path = path.parent / base_path
+    if not base_path.is_file():
+        raise PlatformConfigError(f"{path}: platform.base {base!r} not found (looked for {base_path}); "
+                                  f"shipped platforms: {shipped_platforms()}")
+    base_data, digest = _read_with_base(base_path, [*chain, path.resolve()])
+    digest.update(raw)
+    return merge_tables(base_data, data), digest
+
+
+def merge_tables(base: dict, override: dict) -> dict:
+    """`override` over `base`: tables merge key by key, arrays of named tables merge by `name`
+    (a new name is appended), anything else is replaced."""
+    out = dict(base)
+    for key, value in override.items():
+        old = out.get(key)
+        if isinstance(old, dict) and isinstance(value, dict):
+            out[key] = merge_tables(old, value)
+        elif _named_tables(old) and _named_tables(value):
+            merged = {item["name"]: item for item in old}
+            for item in value:
+                merged[item["name"]] = merge_tables(merged.get(item["name"], {}), item)
+            out[key] = list(merged.values())
+        else:
+            out[key] = value
+    return out
+
+
+def _named_tables(value) -> bool:
+    return isinstance(value, list) and bool(value) and all(isinstance(v, dict) and "name" in v for v in value)
 
 
 def format_validation_error(path: Path, exc: ValidationError) -> str:

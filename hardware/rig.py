@@ -1,7 +1,13 @@
 """A rig: the instruments of one platform, by role, and the routine that makes them safe.
 
 `open_rig(platform)` returns the live rig for this process (one per platform and seed), so a
-flow, its retries and its failure hooks all drive the same instruments.
+flow, its retries and its failure hooks all drive the same instruments. A virtual platform gets
+simulated instruments; an emulated one the real drivers talking to protocol emulators driven by
+the virtual lab; a real one the drivers of its device tables (hardware/instruments.py).
+
+On the driver-based rigs every instrument is wrapped so that a fatal error from any of them puts
+the whole rig in its safe state before the error goes up: the rig is safe even when the caller
+is not a flow with failure hooks.
 """
 
 from __future__ import annotations
@@ -10,7 +16,7 @@ import logging
 import threading
 from dataclasses import dataclass, field
 
-from hardware.errors import InstrumentError, PlatformConfigError
+from hardware.errors import FatalInstrumentError, InstrumentError
 from hardware.interfaces import Clock, LightSource, Spectrometer, SyringePump, TemperatureController
 from hardware.platform import PlatformConfig
 
@@ -32,6 +38,15 @@ class Rig:
     lock: threading.RLock = field(default_factory=threading.RLock)
     reference: object | None = None
     """The latest solvent reference of the absorbance cell (set by the acquisition step)."""
+    instruments: object | None = None
+    """Driver-based rigs: the `hardware.instruments.Instruments` to close (and their emulators)."""
+    _making_safe: bool = False
+
+    def close(self) -> None:
+        """Safe state, then close every driver and emulator."""
+        self.safe_state()
+        if self.instruments is not None:
+            self.instruments.close()
 
     @property
     def name(self) -> str:
@@ -53,12 +68,18 @@ class Rig:
 
         Returns the problems met (empty when everything is safe), so callers can log them.
         """
-        problems = [f"pump {n} did not confirm stop" for n in self.stop_pumps()]
-        if not _attempt(self.heater.standby):
-            problems.append(f"heater {self.heater.name} did not confirm standby")
-        for role, source in self.light_sources.items():
-            if not _attempt(source.off):
-                problems.append(f"light source {role} did not confirm off")
+        if self._making_safe:  # a guarded instrument failed inside safe_state itself
+            return []
+        self._making_safe = True
+        try:
+            problems = [f"pump {n} did not confirm stop" for n in self.stop_pumps()]
+            if not _attempt(self.heater.standby):
+                problems.append(f"heater {self.heater.name} did not confirm standby")
+            for role, source in self.light_sources.items():
+                if not _attempt(source.off):
+                    problems.append(f"light source {role} did not confirm off")
+        finally:
+            self._making_safe = False
         for problem in problems:
             log.error("safe state: %s", problem)
         return problems
@@ -85,21 +106,29 @@ def open_rig(platform: PlatformConfig, seed: int | None = None) -> Rig:
         rig = _RIGS.get(key)
         if rig is not None and rig.platform.sha256 == platform.sha256:
             return rig
-        if platform.platform.kind == "virtual":
-            rig = virtual_rig(platform, seed)
-        else:
-            raise PlatformConfigError(
-                f"{platform.source}: platform {platform.platform.name!r} is a real rig, and this version of sdfl "
-                "has no real instrument drivers yet; use a platform with kind = 'virtual'"
-            )
+        if rig is not None:
+            rig.close()
+        kind = platform.platform.kind
+        rig = {"virtual": virtual_rig, "emulated": emulated_rig}[kind](platform, seed) if kind != "real" \
+            else real_rig(platform)
         _RIGS[key] = rig
         return rig
 
 
 def close_rig(platform_name: str, seed: int | None = None) -> None:
-    """Forget a rig (the next `open_rig` builds a fresh one)."""
+    """Make a rig safe, close its drivers and forget it (the next `open_rig` builds a fresh one)."""
     with _RIGS_LOCK:
-        _RIGS.pop((platform_name, seed), None)
+        rig = _RIGS.pop((platform_name, seed), None)
+    if rig is not None:
+        rig.close()
+
+
+def close_all_rigs() -> None:
+    with _RIGS_LOCK:
+        rigs = list(_RIGS.values())
+        _RIGS.clear()
+    for rig in rigs:
+        rig.close()
 
 
 def virtual_rig(platform: PlatformConfig, seed: int | None = None) -> Rig:
@@ -115,3 +144,58 @@ def virtual_rig(platform: PlatformConfig, seed: int | None = None) -> Rig:
         light_sources=dict(lab.light_sources),
         lab=lab,
     )
+
+
+def emulated_rig(platform: PlatformConfig, seed: int | None = None) -> Rig:
+    """The real drivers against protocol emulators driven by a virtual lab (simulated clock)."""
+    from hardware.instruments import emulated_instruments
+    from hardware.virtual.lab import VirtualLab
+
+    lab = VirtualLab(platform, seed=seed)
+    return _guarded_rig(platform, emulated_instruments(platform, lab), lab.clock, lab)
+
+
+def real_rig(platform: PlatformConfig) -> Rig:
+    from hardware.clock import WallClock
+    from hardware.instruments import real_instruments
+
+    return _guarded_rig(platform, real_instruments(platform), WallClock(), None)
+
+
+def _guarded_rig(platform, instruments, clock, lab) -> Rig:
+    rig = Rig(platform=platform, clock=clock, pumps={}, heater=None, spectrometers={}, light_sources={}, lab=lab,
+              instruments=instruments)
+    rig.pumps = {n: SafeOnFatal(p, rig) for n, p in instruments.pumps.items()}
+    rig.heater = SafeOnFatal(instruments.heater, rig)
+    rig.spectrometers = {r: SafeOnFatal(s, rig) for r, s in instruments.spectrometers.items()}
+    rig.light_sources = {r: SafeOnFatal(s, rig) for r, s in instruments.light_sources.items()}
+    return rig
+
+
+class SafeOnFatal:
+    """An instrument whose fatal errors first put the whole rig in its safe state."""
+
+    def __init__(self, instrument, rig: Rig):
+        object.__setattr__(self, "_instrument", instrument)
+        object.__setattr__(self, "_rig", rig)
+
+    def __getattr__(self, name):
+        value = getattr(self._instrument, name)
+        if not callable(value):
+            return value
+
+        def guarded(*args, **kwargs):
+            try:
+                return value(*args, **kwargs)
+            except FatalInstrumentError as exc:
+                log.error("%s: fatal instrument error, making the rig safe", exc)
+                self._rig.safe_state()
+                raise
+
+        return guarded
+
+    def __setattr__(self, name, value):
+        setattr(self._instrument, name, value)
+
+    def __repr__(self) -> str:
+        return f"SafeOnFatal({self._instrument!r})"

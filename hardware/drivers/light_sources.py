@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 
 import serial
 
@@ -227,12 +228,15 @@ class SerialRelaySource:
     """
 
     def __init__(self, port: str, channel: int, name: str, protocol: str = "lcus", invert: bool = False,
-                 baudrate: int = 9600, timeout_s: float = 0.5):
+                 baudrate: int = 9600, timeout_s: float = 0.5, settle_s: float = 0.05):
         if not 1 <= int(channel) <= 8:
             raise PlatformConfigError(f"light source {name!r}: relay channel {channel} is not in 1-8")
         self.name = name
         self.channel = int(channel)
         self.invert = invert
+        self.settle_s = settle_s
+        """Wait after a switch the board cannot confirm: the frame is still on the wire, the contact
+        bounces for a few ms and the lamp or shutter needs a moment before a spectrum is taken."""
         self.board = RelayBoard.shared(port, protocol, baudrate=baudrate, timeout_s=timeout_s)
         self._on = False
         self.off()
@@ -240,6 +244,8 @@ class SerialRelaySource:
     def _set(self, on: bool) -> None:
         energised = on != self.invert
         reported = self.board.switch(self.channel, energised)
+        if reported is None and self.settle_s > 0:
+            time.sleep(self.settle_s)
         if reported is not None and reported != energised:
             raise FatalInstrumentError(self.name, (
                 f"relay channel {self.channel} on {self.board.port} reports "
