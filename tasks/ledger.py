@@ -77,16 +77,18 @@ class PolicySampler(BaseSampler):
             return {}
         X, y = observations(study, self.platform)
         has_prior = self.prior is not None and len(self.prior[1]) >= 2
-        if self.policy != "random" and len(y) < 2 and not has_prior:
-            return {}  # not enough to train on yet: Optuna draws at random
+        policy = self.policy
+        if policy != "random" and len(y) < 2 and not has_prior:
+            policy = "random"  # not enough to train on yet: a random point that keeps the rules
         running = [t for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
                    if t.number != trial.number and t.params]
         pending = to_unit(self.platform, [[t.params[n] for n in self.platform.parameter_names] for t in running]) \
             if running else None
-        points, model = propose(self.policy, to_unit(self.platform, X) if len(y) else np.empty((0, len(search_space))),
+        points, model = propose(policy, to_unit(self.platform, X) if len(y) else np.empty((0, len(search_space))),
                                 y, surrogate=self.surrogate, seed=self.seed + trial.number, pending=pending,
                                 prior=self.prior, feasible=self.feasible, settings=self.settings, model=self._model)
-        self._model = self.last_model = model
+        if model is not None:
+            self._model = self.last_model = model
         values = from_unit(self.platform, points[0])
         return {name: float(v) for name, v in zip(self.platform.parameter_names, values)}
 
