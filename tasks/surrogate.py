@@ -4,8 +4,10 @@ Inputs are scaled to the unit cube of the platform's bounds (each X_i = (x - low
 the dimensionless form the policies work in); outputs are standardised inside each model.
 - `EnsembleMLP`: bootstrap members of scikit-learn MLPs, as in the paper (ensemble neural
   network); the spread of the members is the uncertainty.
-- `GaussianProcess`: an anisotropic Matern-5/2 kernel plus white noise; warm-started from the
-  previous fit's hyperparameters so a retrain in a closed loop stays cheap.
+- `GaussianProcess`: an anisotropic Matern-5/2 kernel plus white noise, fitted from scratch with
+  restarts at every retrain. Warm-starting from the previous fit was cheaper but let the
+  hyperparameters learned from the first few points stick: on the virtual lab it cost IVR about
+  0.1 of R^2 at 30 points and EI several experiments to 95 % of the optimum.
 """
 
 from __future__ import annotations
@@ -113,12 +115,11 @@ class GaussianProcess:
                 + WhiteKernel(1e-2, (1e-6, 1.0)))
 
     def fit(self, X: np.ndarray, y: np.ndarray) -> GaussianProcess:
+        """Fit from scratch: the default kernel, then `restarts` random starts; keeps the best."""
         X, y = np.asarray(X, dtype=float), np.asarray(y, dtype=float)
         ys, mean, scale = _standardise(y)
-        warm = self.model is not None and self.model.kernel_.k1.k2.length_scale.size == X.shape[1]
-        kernel = self.model.kernel_ if warm else self._kernel(X.shape[1])
-        gp = GaussianProcessRegressor(kernel, normalize_y=False, n_restarts_optimizer=0 if warm else self.restarts,
-                                      random_state=self.seed)
+        gp = GaussianProcessRegressor(self._kernel(X.shape[1]), normalize_y=False,
+                                      n_restarts_optimizer=self.restarts, random_state=self.seed)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", ConvergenceWarning)
             self.model = gp.fit(X, ys)
