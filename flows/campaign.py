@@ -8,14 +8,18 @@ campaign again with the same name resumes it (see `tasks.ledger.reconcile` for t
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import math
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import numpy as np
 from optuna.trial import TrialState
 
+from flows import parameters as P
 from flows.experiment import Steps, conduct_experiment
 from hardware.errors import FatalInstrumentError, InstrumentError, SdflInputError
 from hardware.rig import Rig
@@ -60,6 +64,7 @@ class CampaignState:
     stopped_because: str = ""
     holdout_r2: float | None = None
     reconciled: Any = None
+    platform: Any = None
 
 
 def validate(plan: CampaignPlan, platform) -> tuple[Objective, tuple[np.ndarray, np.ndarray] | None]:
@@ -106,64 +111,134 @@ def _feasible(platform):
     return check
 
 
-def run_campaign(rig: Rig, plan: CampaignPlan, steps: Steps, on_progress=None,
+def run_campaign(rig: Rig | list[Rig], plan: CampaignPlan, steps: Steps, on_progress=None,
                  log: logging.Logger | logging.LoggerAdapter | None = None) -> CampaignState:
-    """The closed loop on `rig` until the budget (or the explore target) is reached."""
+    """The closed loop until the budget (or the explore target) is reached.
+
+    Give several rigs (reactors) to run one experiment on each at once: every idle reactor asks
+    the study for a condition, and the running trials count as pending in the next proposal
+    (kriging believer), so the reactors get a batch of distinct conditions; every result lands in
+    the one campaign dataset and study. A reactor with a fatal fault is made safe and taken out
+    of service; the others finish the budget, then the fault is raised (the campaign resumes
+    when started again).
+    """
     log = log or logging.getLogger(__name__)
-    platform = rig.platform
+    rigs = rig if isinstance(rig, list) else [rig]
+    if not rigs:
+        raise SdflInputError("a campaign needs at least one reactor (rig)")
+    platform = rigs[0].platform
     objective, prior = validate(plan, platform)
-    state = CampaignState(plan, objective, prior)
+    state = CampaignState(plan, objective, prior, platform=platform)
     url = ledger.storage_url(plan.data_root, plan.storage)
     prior_unit = (to_unit(platform, prior[0]), prior[1]) if prior is not None else None
     sampler = ledger.make_sampler(plan.policy, platform, plan.surrogate, plan.seed, prior_unit,
                                   PolicySettings(plan.kappa, plan.xi), _feasible(platform))
     study, created = ledger.open_study(plan.campaign, platform, objective.expression, url, sampler)
     state.reconciled = ledger.reconcile(study, plan.campaign, plan.data_root, objective, plan.in_flight,
-                                        record_failure=lambda trial, eid: _record_crashed(rig, plan, trial, eid))
+                                        record_failure=lambda trial, eid: _record_crashed(rigs[0], plan, trial, eid))
     if created and plan.initial and plan.policy != "random":
         for condition in design_conditions(platform, plan.initial, plan.seed):
             study.enqueue_trial(condition)
-    distributions = ledger.distributions(platform)
+    loop = _Loop(study, plan, state, steps, objective, on_progress, log)
     try:
-        while True:
-            done = ledger.finished(study)
-            if len(done) >= plan.budget:
-                state.stopped_because = f"budget of {plan.budget} experiments reached"
-                break
-            if plan.target_r2 is not None and _target_reached(study, platform, plan, state, len(done)):
-                state.stopped_because = f"held-out R^2 {state.holdout_r2:.3f} >= target {plan.target_r2}"
-                break
-            trial = study.ask(distributions)
-            experiment_id = ledger.experiment_id_for(plan.campaign, trial.number)
-            trial.set_user_attr("experiment_id", experiment_id)
-            _run_trial(rig, plan, steps, study, trial, experiment_id, objective, log)
-            if on_progress is not None:
-                on_progress(len(ledger.finished(study)), plan.budget, study)
+        if len(rigs) == 1:
+            loop.serve(rigs[0])
+        else:
+            with ThreadPoolExecutor(len(rigs), thread_name_prefix="reactor") as pool:
+                # each reactor thread runs in a copy of this context (Prefect's flow run context)
+                futures = [pool.submit(contextvars.copy_context().run, loop.serve, r) for r in rigs]
+                for future in futures:
+                    future.result()
     finally:
-        rig.safe_state()
+        for r in rigs:
+            r.safe_state()
+    if loop.fatal is not None:
+        raise loop.fatal
     finished = sorted(ledger.finished(study), key=lambda t: t.number)
     state.values = [t.value if t.state == TrialState.COMPLETE else math.nan for t in finished]
     return state
 
 
-def _run_trial(rig, plan, steps, study, trial, experiment_id, objective, log) -> None:
+class _Loop:
+    """The ask - run - tell loop, shared by the reactors of one campaign (ledger calls locked)."""
+
+    def __init__(self, study, plan, state, steps, objective, on_progress, log):
+        self.study, self.plan, self.state, self.steps = study, plan, state, steps
+        self.objective, self.on_progress, self.log = objective, on_progress, log
+        self.lock = threading.Lock()
+        self.running = 0
+        self.stopped = False
+        self.fatal: BaseException | None = None
+        self.distributions = ledger.distributions(study_platform(state))
+
+    def _next_trial(self):
+        with self.lock:
+            if self.stopped:
+                return None
+            done = ledger.finished(self.study)
+            if len(done) + self.running >= self.plan.budget:
+                self.state.stopped_because = f"budget of {self.plan.budget} experiments reached"
+                return None
+            if (self.plan.target_r2 is not None and not self.running
+                    and _target_reached(self.study, study_platform(self.state), self.plan, self.state, len(done))):
+                self.state.stopped_because = (f"held-out R^2 {self.state.holdout_r2:.3f} >= target "
+                                              f"{self.plan.target_r2}")
+                self.stopped = True
+                return None
+            trial = self.study.ask(self.distributions)
+            experiment_id = ledger.experiment_id_for(self.plan.campaign, trial.number)
+            trial.set_user_attr("experiment_id", experiment_id)
+            self.running += 1
+            return trial, experiment_id
+
+    def serve(self, rig: Rig) -> None:
+        """Run trials on `rig` until the campaign is done or this reactor has a fatal fault."""
+        while (claimed := self._next_trial()) is not None:
+            trial, experiment_id = claimed
+            try:
+                value, failure = _conduct(rig, self.plan, self.steps, trial, experiment_id, self.objective,
+                                          self.log)
+            except (FatalInstrumentError, InstrumentError) as exc:
+                with self.lock:
+                    _tell_failure(self.study, trial, exc)
+                    self.running -= 1
+                    self.fatal = self.fatal or exc
+                    if self.plan.target_r2 is not None:
+                        self.stopped = True
+                self.log.error("reactor %s out of service after trial %d: %s", rig.name, trial.number, exc)
+                return  # the rig is safe and the experiment recorded; a person must look at it
+            with self.lock:
+                if failure is not None:
+                    _tell_failure(self.study, trial, failure)
+                else:
+                    self.study.tell(trial, value)
+                    self.log.info("trial %d (%s): %s = %.5g", trial.number, experiment_id,
+                                  self.objective.expression, value)
+                self.running -= 1
+                if self.on_progress is not None:
+                    self.on_progress(len(ledger.finished(self.study)), self.plan.budget, self.study)
+
+
+def study_platform(state: CampaignState):
+    return state.platform
+
+
+def _conduct(rig, plan, steps, trial, experiment_id, objective, log) -> tuple[float, BaseException | None]:
+    """Run one trial's experiment: (objective value, None) or (nan, why it has no value).
+
+    Instrument errors propagate (the rig is already safe and the experiment recorded).
+    """
     try:
         row = conduct_experiment(rig, condition=dict(trial.params), campaign=plan.campaign,
                                  experiment_id=experiment_id, finish="hold", data_root=plan.data_root,
                                  seed=plan.seed, steps=steps, log=log)
-    except (FatalInstrumentError, InstrumentError) as exc:
-        _tell_failure(study, trial, exc)
-        raise  # the rig is safe and the experiment recorded; a person must look at the rig
     except SdflInputError as exc:  # an infeasible proposal is never run; record why and go on
-        _tell_failure(study, trial, exc)
         log.warning("trial %d not run: %s", trial.number, exc)
-        return
+        return math.nan, exc
     value = objective(row)
     if not math.isfinite(value):
-        _tell_failure(study, trial, ValueError(f"objective {objective.expression!r} is not a number for this run"))
-        return
-    study.tell(trial, value)
-    log.info("trial %d (%s): %s = %.5g", trial.number, experiment_id, objective.expression, value)
+        return math.nan, ValueError(f"objective {objective.expression!r} is not a number for this run")
+    return value, None
 
 
 def _tell_failure(study, trial, exc: BaseException) -> None:
@@ -201,20 +276,22 @@ def _campaign_flow(plan: CampaignPlan, platform_name: str, seed_rig: int | None,
 
     from flows.campaign_report import build_report
     from flows.experiment import prefect_steps
+    from flows.reactor import reactor_lock
     from hardware.platform import load_platform
     from hardware.rig import open_rig
 
     log = get_run_logger()
     config = load_platform(platform_name)
     validate(plan, config)  # bad settings stop here, before the rig or the study is touched
-    rig = open_rig(config, seed_rig)
     progress = create_progress_artifact(progress=0.0, description=f"campaign {plan.campaign}: experiments done")
 
     def on_progress(done: int, budget: int, study) -> None:
         update_progress_artifact(progress, progress=100.0 * done / budget)
 
-    with rig.lock:
-        state = run_campaign(rig, plan, prefect_steps(config.platform.kind != "real"), on_progress, log)
+    with reactor_lock(config.platform.name, log):
+        rig = open_rig(config, seed_rig)
+        with rig.lock:
+            state = run_campaign(rig, plan, prefect_steps(config.platform.kind != "real"), on_progress, log)
     study = ledger.open_study(plan.campaign, config, state.objective.expression,
                               ledger.storage_url(plan.data_root, plan.storage), None)[0]
     summary = build_report(config, study, state.objective, plan.surrogate, state.prior, plan.data_root,
@@ -236,21 +313,21 @@ def _flow(name: str):
 
 @_flow("optimize")
 def optimize(
-    campaign: str,
-    platform: str = "virtual-cs3cu2i5",
-    objective: str = "PL_I",
-    policy: Literal["ei", "ucb", "eplt", "mv", "ivr", "random", "tpe", "gp"] = "ei",
-    budget: int = 30,
-    initial: int = 9,
-    surrogate: Literal["gp", "ensemble"] = "gp",
-    prior_campaign: str | None = None,
-    prior_model: str | None = None,
-    in_flight: InFlight = "fail",
-    kappa: float = 2.0,
-    seed: int = 0,
-    data_root: str | None = None,
-    storage: str | None = None,
-    explain: bool = True,
+    campaign: P.CampaignName,
+    platform: P.PlatformName = "virtual-cs3cu2i5",
+    objective: P.Objective = "PL_I",
+    policy: P.OptimizePolicy = "ei",
+    budget: P.Budget = 30,
+    initial: P.Initial = 9,
+    surrogate: P.Surrogate = "gp",
+    prior_campaign: P.PriorCampaign = None,
+    prior_model: P.PriorModel = None,
+    in_flight: P.InFlightPolicy = "fail",
+    kappa: P.Kappa = 2.0,
+    seed: P.Seed = 0,
+    data_root: P.DataRoot = None,
+    storage: P.OptunaStorage = None,
+    explain: P.Explain = True,
 ) -> dict[str, Any]:
     """Maximise `objective` (a feature such as PL_I, or a formula of features) within `budget`
     experiments: `initial` Latin-hypercube points, then `policy`. Running it again with the same
@@ -263,20 +340,20 @@ def optimize(
 
 @_flow("explore")
 def explore(
-    campaign: str,
-    platform: str = "virtual-cs3cu2i5",
-    objective: str = "PL_I",
-    target_r2: float = 0.8,
-    budget: int = 60,
-    initial: int = 9,
-    policy: Literal["ivr", "mv", "random"] = "ivr",
-    surrogate: Literal["gp", "ensemble"] = "gp",
-    check_every: int = 5,
-    in_flight: InFlight = "fail",
-    seed: int = 0,
-    data_root: str | None = None,
-    storage: str | None = None,
-    explain: bool = True,
+    campaign: P.CampaignName,
+    platform: P.PlatformName = "virtual-cs3cu2i5",
+    objective: P.Objective = "PL_I",
+    target_r2: P.TargetR2 = 0.8,
+    budget: P.Budget = 60,
+    initial: P.Initial = 9,
+    policy: P.ExplorePolicy = "ivr",
+    surrogate: P.Surrogate = "gp",
+    check_every: P.CheckEvery = 5,
+    in_flight: P.InFlightPolicy = "fail",
+    seed: P.Seed = 0,
+    data_root: P.DataRoot = None,
+    storage: P.OptunaStorage = None,
+    explain: P.Explain = True,
 ) -> dict[str, Any]:
     """Build a digital twin: Latin-hypercube points, then an exploration policy (integrated
     variance reduction by default; the paper's maximum variance with policy="mv"), until the

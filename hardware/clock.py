@@ -28,9 +28,15 @@ class SimClock:
     volume, what is in the flow cell).
     """
 
-    def __init__(self, start: float = 0.0) -> None:
+    def __init__(self, start: float = 0.0, pace: float | None = None) -> None:
+        """`pace`: simulated seconds per wall second. None (default): time moves at once. A pace
+        makes every wait also cost wall time, so several virtual reactors overlap their waits
+        the way real ones do (used to measure multi-reactor speed-ups)."""
+        if pace is not None and not pace > 0:
+            raise ValueError(f"pace must be a positive number of simulated seconds per wall second, got {pace}")
         self._t = float(start)
         self._lock = threading.Lock()
+        self.pace = pace
 
     def now(self) -> float:
         return self._t
@@ -40,6 +46,8 @@ class SimClock:
             raise ValueError(f"cannot sleep a negative time ({seconds} s)")
         with self._lock:
             self._t += float(seconds)
+        if self.pace is not None:
+            time.sleep(seconds / self.pace)
 
     def advance(self, seconds: float) -> None:
         """Same as `sleep`; reads better when a device spends time (an integration)."""

@@ -257,6 +257,8 @@ class VirtualConfig(_Strict):
     film_offset: float = Field(default=0.004, ge=0, lt=1, description="sd of the absorbance offset drawn per start of the flows")
     stock_decay_per_hour: float = Field(default=0.0, ge=0, lt=1)
     lamp_drift_per_hour: float = Field(default=0.0, ge=0, lt=1)
+    pace: float | None = Field(default=None, gt=0, description=(
+        "simulated seconds per wall second; unset: waits cost no wall time"))
     faults: FaultPlan = Field(default_factory=FaultPlan)
 
 

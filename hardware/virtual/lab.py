@@ -44,7 +44,7 @@ class VirtualLab:
         v = platform.virtual
         self.seed = v.seed if seed is None else int(seed)
         self.rng = np.random.default_rng(self.seed)
-        self.clock = SimClock()
+        self.clock = SimClock(pace=platform.virtual.pace)
         self.faults = FaultInjector((faults or v.faults).model_copy(), self.seed)
         self.chemistry = load_chemistry(platform.chemistry.model, platform.chemistry.options, source=platform.source)
         self._check_species()
@@ -178,14 +178,16 @@ class VirtualLab:
         self._last_droplets_formed = drops.formed_s
         hours = drops.formed_s / 3600.0
         ageing = np.clip(1.0 - self.platform.virtual.stock_decay_per_hour * hours, 0.0, 1.0)
+        faults = self.faults
         state = ReactorState(
-            molar_mM={k: v * ageing for k, v in drops.molar_mM.items()},
-            volume_fraction=drops.volume_fraction,
+            molar_mM={k: v * ageing * faults.stock_factor(k, drops.formed_s) for k, v in drops.molar_mM.items()},
+            volume_fraction={k: v * faults.stock_factor(k, drops.formed_s) for k, v in drops.volume_fraction.items()},
             temperature_c=self.heater.temperature_at(drops.reactor_mid_s),
             reaction_time_s=drops.reaction_time_s,
             precursor_flow_ul_min=drops.precursor_flow_ul_min,
         )
-        return self.chemistry.outcome(state), drops.weight, drops.blank, drops.reactive_fraction
+        outcome = faults.apply_plqy_drift(self.chemistry.outcome(state), drops.formed_s)
+        return outcome, drops.weight, drops.blank, drops.reactive_fraction
 
     def signal_cps(self, role: str) -> np.ndarray:
         """Light on the detector of `role` now, in counts per second (before detector noise)."""
