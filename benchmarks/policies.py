@@ -31,6 +31,7 @@ import datetime as dt
 import importlib.util
 import multiprocessing
 import os
+import pickle
 import platform as host_platform
 import sys
 import tempfile
@@ -403,13 +404,20 @@ def main() -> None:
     parser.add_argument("--processes", type=int, default=2)
     parser.add_argument("--no-overhead", action="store_true", help="skip the overhead measurement (5)")
     parser.add_argument("--out", default=str(HERE / "results" / "policies.md"))
+    parser.add_argument("--seeds-from", default=None,
+                        help="reuse the seed campaigns saved by an earlier run (<out>.seeds.pkl); runs only (5)")
     args = parser.parse_args()
     cfg = settings(args)
     C.quiet()
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="sdfl-bench-optimum-") as optimum_root:
         log(f"{cfg['seeds']} seeds, {len(jobs(cfg, optimum_root))} campaign jobs on {args.processes} processes ...")
-        results = run_seeds(cfg, args.processes, optimum_root)
+        if args.seeds_from:  # re-measure the overhead alone, on a quiet machine, with earlier seed results
+            results = pickle.loads(Path(args.seeds_from).read_bytes())
+            log(f"seed campaigns read from {args.seeds_from}")
+        else:
+            results = run_seeds(cfg, args.processes, optimum_root)
+            Path(args.out).with_suffix(".seeds.pkl").write_bytes(pickle.dumps(results))
         overhead = None if args.no_overhead else measure_overhead(cfg, optimum_root)
     wall = time.perf_counter() - t0
     text = report(cfg, results, overhead, wall, sys.argv[1:])

@@ -7,7 +7,7 @@ campaign (GP surrogate, 8 Latin-hypercube points, then EI with the running trial
 runs to the same budget with 1, 2 and 4 reactors; the baseline is 1 reactor in the same run.
 Quality is judged on the noiseless twin: the true PL_I of the best measured condition.
 
-    .venv/bin/python benchmarks/reactors.py [--budget 24] [--pace 300] [--repeats 2]
+    .venv/bin/python benchmarks/reactors.py [--budget 24] [--pace 60] [--repeats 2]
 """
 
 from __future__ import annotations
@@ -80,7 +80,7 @@ def true_best(platform, table, values) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--budget", type=int, default=24)
-    parser.add_argument("--pace", type=float, default=300.0, help="simulated seconds per wall second")
+    parser.add_argument("--pace", type=float, default=60.0, help="simulated seconds per wall second")
     parser.add_argument("--repeats", type=int, default=2, help="seeds per reactor count")
     parser.add_argument("--out", default=str(HERE / "results" / "reactors.md"))
     args = parser.parse_args()
