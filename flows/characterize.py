@@ -9,13 +9,15 @@ come within 1 % of their final values.
 from __future__ import annotations
 
 import logging
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 from prefect import flow, get_run_logger
 
+from flows import parameters as P
+from flows.reactor import reactor_lock
 from hardware.platform import DEFAULT_PLATFORM, PlatformConfig, load_platform
 from hardware.rig import Rig, open_rig
 from tasks import acquisition, equilibration, features, formulation, reports, storage
@@ -137,15 +139,19 @@ def summarize_steps(settling: pd.DataFrame, tau_multiple: float) -> pd.DataFrame
 
 @flow(name="residence-time-study")
 def residence_time_study(
-    platform: str = DEFAULT_PLATFORM,
-    reaction_times_s: list[float] = [25.0, 31.0, 42.0],  # noqa: B006 (Prefect needs a literal default)
-    base_condition: dict[str, float] | None = None,
-    follow_tau: float = 3.0,
-    interval_s: float = 1.0,
-    tolerance: float = 0.01,
-    start_from: StartFrom = "previous",
-    data_root: str | None = None,
-    seed: int | None = None,
+    platform: P.PlatformName = DEFAULT_PLATFORM,
+    reaction_times_s: Annotated[list[float], P.form(
+        "reaction times to step through, in order (s)", minItems=1)] = [25.0, 31.0, 42.0],  # noqa: B006
+    base_condition: Annotated[dict[str, float] | None, P.form(
+        "the other inputs during the study; empty: the centre of the space (`sdfl platform`)")] = None,
+    follow_tau: Annotated[float, P.form("how long to follow each step (tau)", minimum=2)] = 3.0,
+    interval_s: Annotated[float, P.form("time between readings (s)", exclusiveMinimum=0, maximum=30)] = 1.0,
+    tolerance: Annotated[float, P.form("settled when within this fraction of the final value",
+                                       exclusiveMinimum=0, exclusiveMaximum=1)] = 0.01,
+    start_from: Annotated[StartFrom, P.form(
+        "previous: step directly, as in the paper; solvent: flush with solvent before each step")] = "previous",
+    data_root: P.DataRoot = None,
+    seed: P.RigSeed = None,
 ) -> dict[str, Any]:
     """Step between reaction times and measure how many tau each feature needs to settle.
 
@@ -158,10 +164,11 @@ def residence_time_study(
     if not 0 < interval_s <= 30:
         raise ValueError(f"interval_s must be in (0, 30] s, got {interval_s}")
     config = load_platform(platform)
-    rig = open_rig(config, seed)
-    with rig.lock:
-        series, settling, steps = study_residence_time(
-            rig, reaction_times_s, base_condition, follow_tau, interval_s, tolerance, start_from, log)
+    with reactor_lock(config.platform.name, log):
+        rig = open_rig(config, seed)
+        with rig.lock:
+            series, settling, steps = study_residence_time(
+                rig, reaction_times_s, base_condition, follow_tau, interval_s, tolerance, start_from, log)
     summary = summarize_steps(settling, config.equilibration.tau_multiple)
     study_id = new_experiment_id().replace("exp-", "rts-")
     folder = storage.data_root(data_root) / "studies" / "residence-time" / study_id

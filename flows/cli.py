@@ -3,6 +3,7 @@
     sdfl platform                       show the default platform's parameter space
     sdfl experiment --set temperature_c=145 --set reaction_time_s=28
     sdfl study residence-time --reaction-times 25 31 42
+    sdfl manufacture --lot L1 --hours 8 hold a recipe with QC and control charts
     sdfl data --campaign demo           the recorded experiments
     sdfl demo                           the residence-time study and a few experiments
 """
@@ -201,6 +202,31 @@ def cmd_explore(args) -> int:
     return 0
 
 
+def cmd_manufacture(args) -> int:
+    from flows.manufacture import manufacture
+    from hardware.platform import load_platform
+
+    recipe = None
+    if args.from_campaign is not None and args.set:
+        raise SystemExit("sdfl: give the recipe with --set or --from-campaign, not both")
+    if args.from_campaign is None:
+        recipe = _condition_from_args(load_platform(args.platform), _parse_pairs(args.set, "--set"))
+    with _quick_prefect():
+        summary = manufacture(lot=args.lot, recipe=recipe, from_campaign=args.from_campaign, objective=args.objective,
+                              platform=args.platform, duration_h=args.hours, qc_every_min=args.qc_every,
+                              qualification_min=args.qualification, on_alarm=args.on_alarm,
+                              decision_timeout_min=args.decision_timeout, auto_refill=args.auto_refill,
+                              seed=args.seed, data_root=args.data_root)
+    print(f"\nlot {summary['lot']}: {summary['status']} ({summary.get('reason') or ''})")
+    print(f"produced {summary['produced_h']:.2f} h of {summary['duration_h']:g} h; QC samples {summary['samples']}, "
+          f"alarms {summary['alarms']} {summary['signals_by_rule'] or ''}, refills {summary['refills']}")
+    if summary.get("yield_g_h") is not None:
+        print(f"yield {1e3 * summary['yield_g_h']:.2f} mg/h of {summary['product']} "
+              f"({summary['conversion_source']}); {summary['product_g']:.3f} g this lot")
+    print(f"files: {summary['folder']}")
+    return 0
+
+
 def cmd_data(args) -> int:
     from tasks.storage import data_root, read_experiments
 
@@ -299,6 +325,22 @@ def build_parser() -> argparse.ArgumentParser:
     campaign_args(p, ["ivr", "mv", "random"], "ivr", 60)
     p.add_argument("--target-r2", type=float, default=0.8)
     p.set_defaults(func=cmd_explore)
+
+    p = sub.add_parser("manufacture", help="hold a recipe for hours: QC, control charts, refills, yield")
+    common(p, campaign=False)
+    p.add_argument("--lot", required=True, help="lot name (data under <data root>/lots/<lot>/)")
+    p.add_argument("--set", action="append", metavar="NAME=VALUE",
+                   help="the recipe: parameters of the space (others default to the centre)")
+    p.add_argument("--from-campaign", default=None, help="or: the best experiment of this campaign")
+    p.add_argument("--objective", default="PL_I", help="what 'best' means with --from-campaign")
+    p.add_argument("--hours", type=float, default=8.0, help="production time (simulated on the virtual lab)")
+    p.add_argument("--qc-every", type=float, default=10.0, help="minutes between QC samples")
+    p.add_argument("--qualification", type=float, default=60.0, help="minutes of QC that set the control limits")
+    p.add_argument("--on-alarm", choices=["pause", "continue", "stop"], default="stop",
+                   help="pause waits for a decision in the Prefect UI (needs a server: PREFECT_API_URL)")
+    p.add_argument("--decision-timeout", type=float, default=60.0, help="minutes to wait for a decision")
+    p.add_argument("--auto-refill", action="store_true", help="virtual rigs: refill syringes without asking")
+    p.set_defaults(func=cmd_manufacture)
 
     p = sub.add_parser("data", help="show the recorded experiments")
     p.add_argument("--campaign", default=None)

@@ -10,12 +10,14 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import numpy as np
 from prefect import flow, get_run_logger
 from prefect.runtime import flow_run as current_flow_run
 
+from flows import parameters as P
+from flows.reactor import reactor_lock
 from hardware.errors import SdflInputError
 from hardware.platform import DEFAULT_PLATFORM, PlatformConfig, load_platform
 from hardware.rig import Rig, open_rig
@@ -203,17 +205,19 @@ def make_rig_safe_hook(flow, flow_run, state) -> None:
 
 @flow(name="run-experiment", on_cancellation=[make_rig_safe_hook], on_crashed=[make_rig_safe_hook])
 def run_experiment(
-    condition: dict[str, float] | None = None,
-    platform: str = DEFAULT_PLATFORM,
-    campaign: str = "default",
-    flowrates_ul_min: dict[str, float] | None = None,
-    temperature_c: float | None = None,
-    replicates: int | None = None,
-    steady_check: bool | None = None,
-    finish: Finish = "stop",
-    experiment_id: str | None = None,
-    data_root: str | None = None,
-    seed: int | None = None,
+    condition: Annotated[dict[str, float] | None, P.form(
+        "one value per parameter of the platform's space (names, units, ranges: `sdfl platform`)")] = None,
+    platform: P.PlatformName = DEFAULT_PLATFORM,
+    campaign: P.CampaignName = "default",
+    flowrates_ul_min: Annotated[dict[str, float] | None, P.form(
+        "instead of a condition: each pump's flowrate (uL/min), with temperature_c")] = None,
+    temperature_c: Annotated[float | None, P.form("reactor temperature (degC), with flowrates_ul_min")] = None,
+    replicates: Annotated[int | None, P.form("replicate acquisitions; empty: the platform's", minimum=1)] = None,
+    steady_check: Annotated[bool | None, P.form("also wait for steady PL readings after t_E")] = None,
+    finish: Annotated[Finish, P.form("stop: leave the rig safe; hold: pumps and heater stay on")] = "stop",
+    experiment_id: Annotated[str | None, P.form("experiment id; empty: a new one")] = None,
+    data_root: P.DataRoot = None,
+    seed: P.RigSeed = None,
 ) -> dict[str, Any]:
     """Run one condition on a platform and append it to the campaign's dataset.
 
@@ -223,19 +227,20 @@ def run_experiment(
     """
     logger = get_run_logger()
     config = load_platform(platform)
-    rig = open_rig(config, seed)
     run_id = current_flow_run.get_id()
     experiment_id = experiment_id or new_experiment_id()
-    if run_id:
-        _IN_FLIGHT[run_id] = experiment_id
     try:
-        with rig.lock:
-            row = conduct_experiment(
-                rig, condition=condition, flowrates_ul_min=flowrates_ul_min, temperature_c=temperature_c,
-                campaign=campaign, experiment_id=experiment_id, replicates=replicates,
-                steady_check=steady_check, finish=finish, data_root=data_root, seed=seed,
-                flow_run_id=run_id, steps=prefect_steps(config.platform.kind != "real"), log=logger,
-            )
+        with reactor_lock(config.platform.name, logger):
+            rig = open_rig(config, seed)
+            with rig.lock:
+                if run_id:
+                    _IN_FLIGHT[run_id] = experiment_id
+                row = conduct_experiment(
+                    rig, condition=condition, flowrates_ul_min=flowrates_ul_min, temperature_c=temperature_c,
+                    campaign=campaign, experiment_id=experiment_id, replicates=replicates,
+                    steady_check=steady_check, finish=finish, data_root=data_root, seed=seed,
+                    flow_run_id=run_id, steps=prefect_steps(config.platform.kind != "real"), log=logger,
+                )
     except Exception:
         _IN_FLIGHT.pop(run_id or "", None)  # recorded as failed by the body
         raise

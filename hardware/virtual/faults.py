@@ -3,11 +3,14 @@
 Faults come from the platform config (`[virtual.faults]`) or are switched on at run time
 (`lab.faults.plan.timeouts_next = 2`). Transient faults (timeouts, garbled replies) hit single
 commands; the others change the physics (a stalled pump stops, a clog stops every pump, an
-empty syringe runs dry, a spectrometer disconnects, a heater overshoots).
+empty syringe runs dry, a spectrometer disconnects, a heater overshoots). Two process faults
+change the product itself, for statistical process control: a slow loss of PL efficiency and
+a step in a stock's concentration; both act on the droplets formed after their start time.
 """
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Literal
 
 import numpy as np
@@ -36,6 +39,14 @@ class FaultPlan(BaseModel):
     """An under-damped controller: ~16 % overshoot of each set-point step."""
     light_leak_at_s: float | None = Field(
         default=None, ge=0, description="from this platform time, room light floods the PL cell (saturates it)")
+    # --- process faults (product changes, for SPC); times are droplet formation times ---
+    plqy_drift_per_hour: float = Field(
+        default=0.0, ge=0, lt=1, description="relative loss of PL efficiency per hour (ligand degradation)")
+    plqy_drift_from_s: float | None = Field(default=None, ge=0, description="the PL efficiency drift starts here")
+    stock_step_species: list[str] = Field(
+        default_factory=list, description="species whose stock concentration steps (e.g. ['Cu', 'I']: a new CuI bottle)")
+    stock_step_change: float = Field(default=0.0, gt=-1, le=1, description="relative step, e.g. -0.08")
+    stock_step_at_s: float | None = Field(default=None, ge=0, description="the step happens here")
 
 
 class FaultInjector:
@@ -71,3 +82,27 @@ class FaultInjector:
             and plan.disconnect_after_reads is not None
             and self.reads[role] > plan.disconnect_after_reads
         )
+
+    # --- process faults -----------------------------------------------------------------
+    def stock_factor(self, species: str, formed_s: np.ndarray) -> np.ndarray | float:
+        """Multiplier of a species' concentration in droplets formed at `formed_s` (1 when off)."""
+        plan = self.plan
+        if plan.stock_step_at_s is None or species not in plan.stock_step_species:
+            return 1.0
+        return np.where(np.asarray(formed_s) >= plan.stock_step_at_s, 1.0 + plan.stock_step_change, 1.0)
+
+    def plqy_factor(self, formed_s: np.ndarray) -> np.ndarray | float:
+        """Multiplier of the PL efficiency of droplets formed at `formed_s` (1 when off)."""
+        plan = self.plan
+        if plan.plqy_drift_from_s is None or plan.plqy_drift_per_hour == 0:
+            return 1.0
+        hours = np.maximum(np.asarray(formed_s) - plan.plqy_drift_from_s, 0.0) / 3600.0
+        return np.clip(1.0 - plan.plqy_drift_per_hour * hours, 0.0, 1.0)
+
+    def apply_plqy_drift(self, outcome, formed_s: np.ndarray):
+        """The optical outcome with every emission band scaled by `plqy_factor` (unchanged when off)."""
+        factor = self.plqy_factor(formed_s)
+        if np.isscalar(factor) and factor == 1.0:
+            return outcome
+        emission = [replace(band, height=np.asarray(band.height) * factor) for band in outcome.emission]
+        return replace(outcome, emission=emission)

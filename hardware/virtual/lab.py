@@ -179,6 +179,9 @@ class VirtualLab:
         hours = drops.formed_s / 3600.0
         ageing = np.clip(1.0 - self.platform.virtual.stock_decay_per_hour * hours, 0.0, 1.0)
         faults = self.faults
+        unknown = set(faults.plan.stock_step_species) - set(drops.molar_mM) - set(drops.volume_fraction)
+        if unknown:
+            raise ValueError(f"fault stock_step_species: {sorted(unknown)} are not species of the stocks")
         state = ReactorState(
             molar_mM={k: v * ageing * faults.stock_factor(k, drops.formed_s) for k, v in drops.molar_mM.items()},
             volume_fraction={k: v * faults.stock_factor(k, drops.formed_s) for k, v in drops.volume_fraction.items()},

@@ -34,11 +34,13 @@ class PumpTrack:
     rates: list[float] = field(default_factory=lambda: [0.0])
     flow_at_start: list[float] = field(default_factory=lambda: [0.0])
     volume_at_start: list[float] = field(default_factory=lambda: [0.0])
+    _arrays: tuple | None = field(default=None, init=False, repr=False, compare=False)
 
     def set_rate(self, t: float, rate_ul_min: float) -> None:
         if t < self.starts[-1]:
             raise ValueError("pump history must grow forward in time")
         q, v = float(self.flow(t)), float(self.volume(t))
+        self._arrays = None
         if t == self.starts[-1]:
             self.rates[-1] = rate_ul_min / 60.0
             return
@@ -47,24 +49,35 @@ class PumpTrack:
         self.flow_at_start.append(q)
         self.volume_at_start.append(v)
 
+    def _history(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """The history as arrays, built once per change (long runs query it many times)."""
+        arrays = self._arrays
+        if arrays is None:
+            arrays = self._arrays = tuple(np.asarray(a, dtype=float) for a in
+                                          (self.starts, self.rates, self.flow_at_start, self.volume_at_start))
+        return arrays
+
     def _parts(self, t):
         t = np.asarray(t, dtype=float)
-        i = np.searchsorted(self.starts, t, side="right") - 1
-        i = np.clip(i, 0, len(self.starts) - 1)
-        dt = np.maximum(t - np.asarray(self.starts)[i], 0.0)
+        starts = self._history()[0]
+        i = np.searchsorted(starts, t, side="right") - 1
+        i = np.minimum(np.maximum(i, 0), len(starts) - 1)
+        dt = np.maximum(t - starts[i], 0.0)
         return i, dt
 
     def flow(self, t):
         """Actual flow in uL/s."""
         i, dt = self._parts(t)
-        r, q0 = np.asarray(self.rates)[i], np.asarray(self.flow_at_start)[i]
+        _, rates, flows, _ = self._history()
+        r, q0 = rates[i], flows[i]
         decay = np.exp(-dt / self.lag_s) if self.lag_s > 0 else 0.0
         return r + (q0 - r) * decay
 
     def volume(self, t):
         """Cumulative dispensed volume in uL."""
         i, dt = self._parts(t)
-        r, q0, v0 = (np.asarray(a)[i] for a in (self.rates, self.flow_at_start, self.volume_at_start))
+        _, rates, flows, volumes = self._history()
+        r, q0, v0 = rates[i], flows[i], volumes[i]
         ramp = self.lag_s * (1.0 - np.exp(-dt / self.lag_s)) if self.lag_s > 0 else 0.0
         return v0 + r * dt + (q0 - r) * ramp
 
