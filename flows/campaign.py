@@ -8,6 +8,7 @@ campaign again with the same name resumes it (see `tasks.ledger.reconcile` for t
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import logging
 import math
@@ -270,7 +271,8 @@ def _target_reached(study, platform, plan, state, n_done: int) -> bool:
 
 
 # --- Prefect flows --------------------------------------------------------------------------
-def _campaign_flow(plan: CampaignPlan, platform_name: str, seed_rig: int | None, explain_model: bool) -> dict:
+def _campaign_flow(plan: CampaignPlan, platform_name: str, seed_rig: int | None, explain_model: bool,
+                   reactors: int = 1) -> dict:
     from prefect import get_run_logger
     from prefect.artifacts import create_progress_artifact, update_progress_artifact
 
@@ -288,10 +290,15 @@ def _campaign_flow(plan: CampaignPlan, platform_name: str, seed_rig: int | None,
     def on_progress(done: int, budget: int, study) -> None:
         update_progress_artifact(progress, progress=100.0 * done / budget)
 
+    if reactors > 1 and config.platform.kind == "real":
+        raise SdflInputError("reactors > 1 runs copies of a virtual or emulated platform; real reactors are "
+                             "separate platforms, each with its own deployment")
     with reactor_lock(config.platform.name, log):
-        rig = open_rig(config, seed_rig)
-        with rig.lock:
-            state = run_campaign(rig, plan, prefect_steps(config.platform.kind != "real"), on_progress, log)
+        rigs = [open_rig(config, seed_rig if k == 0 else (seed_rig or 0) + 1000 * k) for k in range(reactors)]
+        with contextlib.ExitStack() as stack:
+            for rig in rigs:
+                stack.enter_context(rig.lock)
+            state = run_campaign(rigs, plan, prefect_steps(config.platform.kind != "real"), on_progress, log)
     study = ledger.open_study(plan.campaign, config, state.objective.expression,
                               ledger.storage_url(plan.data_root, plan.storage), None)[0]
     summary = build_report(config, study, state.objective, plan.surrogate, state.prior, plan.data_root,
@@ -328,14 +335,16 @@ def optimize(
     data_root: P.DataRoot = None,
     storage: P.OptunaStorage = None,
     explain: P.Explain = True,
+    reactors: P.Reactors = 1,
 ) -> dict[str, Any]:
     """Maximise `objective` (a feature such as PL_I, or a formula of features) within `budget`
     experiments: `initial` Latin-hypercube points, then `policy`. Running it again with the same
-    campaign name resumes it."""
+    campaign name resumes it. `reactors` > 1 runs that many copies of a virtual or emulated
+    platform at once, one experiment each (a batch of distinct proposals)."""
     plan = CampaignPlan(campaign=campaign, objective=objective, policy=policy, budget=budget, initial=initial,
                         surrogate=surrogate, seed=seed, prior_campaign=prior_campaign, prior_model=prior_model,
                         in_flight=in_flight, kappa=kappa, storage=storage, data_root=data_root)
-    return _campaign_flow(plan, platform, seed, explain)
+    return _campaign_flow(plan, platform, seed, explain, reactors)
 
 
 @_flow("explore")
@@ -354,6 +363,7 @@ def explore(
     data_root: P.DataRoot = None,
     storage: P.OptunaStorage = None,
     explain: P.Explain = True,
+    reactors: P.Reactors = 1,
 ) -> dict[str, Any]:
     """Build a digital twin: Latin-hypercube points, then an exploration policy (integrated
     variance reduction by default; the paper's maximum variance with policy="mv"), until the
@@ -363,4 +373,4 @@ def explore(
     plan = CampaignPlan(campaign=campaign, objective=objective, policy=policy, budget=budget, initial=initial,
                         surrogate=surrogate, seed=seed, in_flight=in_flight, target_r2=target_r2,
                         check_every=check_every, storage=storage, data_root=data_root)
-    return _campaign_flow(plan, platform, seed, explain)
+    return _campaign_flow(plan, platform, seed, explain, reactors)

@@ -185,7 +185,8 @@ def cmd_optimize(args) -> int:
                            policy=args.policy, budget=args.budget, initial=args.initial, surrogate=args.surrogate,
                            prior_campaign=args.prior_campaign, prior_model=args.prior_model,
                            in_flight=args.in_flight, kappa=args.kappa, seed=args.seed or 0,
-                           data_root=args.data_root, storage=args.storage, explain=not args.no_explain)
+                           data_root=args.data_root, storage=args.storage, explain=not args.no_explain,
+                           reactors=args.reactors)
     _print_campaign(summary)
     return 0
 
@@ -197,7 +198,8 @@ def cmd_explore(args) -> int:
         summary = explore(campaign=args.campaign, platform=args.platform, objective=args.objective,
                           target_r2=args.target_r2, budget=args.budget, initial=args.initial, policy=args.policy,
                           surrogate=args.surrogate, in_flight=args.in_flight, seed=args.seed or 0,
-                          data_root=args.data_root, storage=args.storage, explain=not args.no_explain)
+                          data_root=args.data_root, storage=args.storage, explain=not args.no_explain,
+                          reactors=args.reactors)
     _print_campaign(summary)
     return 0
 
@@ -313,6 +315,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="on resume, what to do with an experiment a crash interrupted")
         p.add_argument("--storage", default=None, help="Optuna storage URL (default: SQLite under the data root)")
         p.add_argument("--no-explain", action="store_true", help="skip SHAP and the response surface")
+        p.add_argument("--reactors", type=int, default=1,
+                       help="run on this many copies of a virtual/emulated platform at once")
 
     p = sub.add_parser("optimize", help="closed-loop optimization of an objective")
     campaign_args(p, ["ei", "ucb", "eplt", "mv", "ivr", "random", "tpe", "gp"], "ei", 30)

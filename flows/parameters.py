@@ -57,3 +57,6 @@ Surrogate = Annotated[Literal["gp", "ensemble"], form(
 InFlightPolicy = Annotated[Literal["fail", "rerun"], form(
     "on resume, an experiment that was running when the campaign stopped: recorded as failed, or run again")]
 RigSeed = Annotated[int | None, form("seed of the virtual lab's noise; ignored on real rigs", minimum=0)]
+
+Reactors = Annotated[int, form("copies of a virtual or emulated platform run at once, one experiment each",
+                               minimum=1, maximum=16)]

@@ -59,3 +59,14 @@ def test_a_paced_clock_makes_virtual_waits_cost_wall_time():
     assert time.perf_counter() - t0 >= 0.09
     with pytest.raises(ValueError, match="pace"):
         SimClock(pace=0)
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_the_optimize_flow_spreads_a_campaign_over_virtual_reactors(tmp_path):
+    from flows.campaign import optimize
+
+    summary = optimize(campaign="pair", budget=4, initial=2, seed=5, data_root=str(tmp_path), explain=False,
+                       reactors=2)
+
+    assert summary["experiments"] == 4 and summary["completed"] == 4
+    assert read_experiments(str(tmp_path), "pair")["experiment_id"].is_unique
