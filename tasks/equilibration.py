@@ -13,9 +13,10 @@ import numpy as np
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from hardware.errors import ClogDetected, HeaterNotStable, PumpStalled, SyringeEmpty
+from hardware.errors import ClogDetected, PumpStalled, SyringeEmpty
 from hardware.interfaces import Clock, TemperatureController
 from hardware.rig import Rig
+from hardware.stability import wait_until_stable
 from tasks.formulation import Formulation
 from tasks.retry import INSTRUMENT_RETRIES, INSTRUMENT_RETRY_DELAYS_S, is_transient
 
@@ -49,24 +50,9 @@ def wait_heater_stable(
 ) -> float:
     """Set the heater and wait until it stays within +/- band_c for hold_s. Returns the wait."""
     heater.set_setpoint(setpoint_c)
-    start = clock.now()
-    stable_since = None
-    while True:
-        now = clock.now()
-        temperature = heater.read_temperature()
-        if abs(temperature - setpoint_c) <= band_c:
-            stable_since = now if stable_since is None else stable_since
-            if now - stable_since >= hold_s:
-                return now - start
-        else:
-            stable_since = None
-        if now - start > max_wait_s:
-            raise HeaterNotStable(
-                heater.name,
-                f"not within +/-{band_c:g} C of {setpoint_c:g} C after {max_wait_s:.0f} s (reads {temperature:.2f} C); "
-                "check the heater and the thermocouple",
-            )
-        clock.sleep(poll_s)
+    _, waited_s = wait_until_stable(heater.name, heater.read_temperature, setpoint_c, band_c, hold_s, max_wait_s,
+                                    clock, poll_s)
+    return waited_s
 
 
 def start_pumps(rig: Rig, formulation: Formulation, run_time_s: float | None = None) -> float:

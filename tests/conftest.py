@@ -56,3 +56,14 @@ CENTRE = {
 def condition():
     """A good condition inside the default space."""
     return dict(CENTRE)
+
+
+def assert_rig_safe(rig):
+    """Every instrument as the virtual lab behind the rig sees it: pumps still, heater in standby,
+    lights off. (On an emulated rig the drivers' view is checked against the physics.)"""
+    lab = rig.lab
+    lab.sync()
+    assert all(not p.status().running for p in lab.pumps.values()), "a pump is still running"
+    assert lab.heater.setpoint() is None, "the heater is not in standby"
+    assert not any(s.is_on() for s in lab.light_sources.values()), "a light source is on"
+

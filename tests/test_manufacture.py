@@ -9,6 +9,7 @@ import time
 
 import pandas as pd
 import pytest
+from conftest import assert_rig_safe
 
 from flows.manufacture import (
     AlarmDecision,
@@ -31,13 +32,7 @@ from tasks.records import experiment_row, now_utc
 SHORT = dict(duration_h=2.0, qc_every_min=10.0, qualification_min=30.0, qualification_points=10)
 
 
-def assert_safe(rig):
-    """Every instrument as the virtual lab sees it: pumps still, heater in standby, lights off."""
-    lab = rig.lab
-    lab.sync()
-    assert all(not p.status().running for p in lab.pumps.values()), "a pump is still running"
-    assert lab.heater.setpoint() is None, "the heater is not in standby"
-    assert not any(s.is_on() for s in lab.light_sources.values()), "a light source is on"
+assert_safe = assert_rig_safe  # tests/conftest.py
 
 
 def step_change(rig, at_s: float, change: float = -0.08) -> None:

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from conftest import assert_rig_safe
 
 from flows.experiment import conduct_experiment, run_experiment
 from hardware import errors
@@ -31,13 +32,7 @@ def rig():
     return open_rig(load_platform(EMULATED), seed=11)
 
 
-def assert_safe(rig):
-    """Every instrument as the virtual lab sees it: pumps still, heater in standby, lights off."""
-    lab = rig.lab
-    lab.sync()
-    assert all(not p.status().running for p in lab.pumps.values()), "a pump is still running"
-    assert lab.heater.setpoint() is None, "the heater is not in standby"
-    assert not any(s.is_on() for s in lab.light_sources.values()), "a light source is on"
+assert_safe = assert_rig_safe  # tests/conftest.py
 
 
 def test_run_experiment_end_to_end_through_the_drivers(prefect_harness, data_root, condition):

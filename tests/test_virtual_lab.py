@@ -12,6 +12,7 @@ import time
 
 import numpy as np
 import pytest
+from conftest import assert_rig_safe
 
 from flows.characterize import centre_condition
 from flows.experiment import _absorbance_for_features
@@ -464,10 +465,7 @@ def busy_rig(platform, centre):
     return rig
 
 
-def assert_safe(rig):
-    assert not any(pump.status().running for pump in rig.pumps.values())
-    assert rig.heater.setpoint() is None
-    assert not any(light.is_on() for light in rig.light_sources.values())
+assert_safe = assert_rig_safe  # tests/conftest.py
 
 
 def test_safe_state_stops_pumps_heater_and_lights(busy_rig):

@@ -53,6 +53,7 @@ from hardware.errors import (
     WrongDevice,
 )
 from hardware.interfaces import Clock
+from hardware.stability import wait_until_stable
 
 MODE_AUTO, MODE_MANUAL, MODE_OFF = 10, 54, 62
 MODE_NAMES = {MODE_AUTO: "auto", MODE_MANUAL: "manual", MODE_OFF: "off"}
@@ -316,23 +317,9 @@ class WatlowController:
         if setpoint is None:
             raise HeaterNotStable(self.name, f"loop {self.loop} is in {self.control_mode()} mode: no set point to "
                                              "settle at; call set_setpoint first")
-        start = clock.now()
-        stable_since = None
-        while True:
-            now = clock.now()
-            reading = self.read_temperature()
-            if abs(reading - setpoint) <= band_c:
-                stable_since = now if stable_since is None else stable_since
-                if now - stable_since >= hold_s:
-                    return reading
-            else:
-                stable_since = None
-            if now - start > max_wait_s:
-                raise HeaterNotStable(
-                    self.name, f"not within +/-{band_c:g} C of the set point {setpoint:g} C for {hold_s:g} s after "
-                               f"waiting {now - start:.0f} s (limit {max_wait_s:g} s); last reading {reading:.2f} C. "
-                               "Check the heater, its fuse and the thermocouple, or tune the PID")
-            clock.sleep(poll_s)
+        reading, _ = wait_until_stable(self.name, self.read_temperature, setpoint, band_c, hold_s, max_wait_s, clock,
+                                       poll_s)
+        return reading
 
     def identify(self) -> dict:
         """What `sdfl doctor` prints: model, loop, connection, units, PV, set point and mode."""
