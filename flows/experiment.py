@@ -177,6 +177,11 @@ def make_rig_safe_hook(flow, flow_run, state) -> None:
     """Prefect hook (cancelled or crashed run): rig to its safe state, experiment recorded."""
     params = dict(flow_run.parameters or {})
     log = logging.getLogger(__name__)
+    if str(flow_run.id) not in _IN_FLIGHT:
+        # The run never held the reactor (cancelled while waiting for it) or had already finished:
+        # the rig may be running another run's experiment, so leave it alone.
+        log.info("hook: flow run %s held no reactor; the rig is left as it is", flow_run.id)
+        return
     try:
         platform = load_platform(params.get("platform") or DEFAULT_PLATFORM)
         rig = open_rig(platform, params.get("seed"))
@@ -184,7 +189,7 @@ def make_rig_safe_hook(flow, flow_run, state) -> None:
     except Exception as exc:  # the hook must never raise
         log.error("hook: could not make the rig safe: %s", exc)
         return
-    experiment_id = _IN_FLIGHT.pop(str(flow_run.id), None) or params.get("experiment_id")
+    experiment_id = _IN_FLIGHT.pop(str(flow_run.id), None)
     campaign = params.get("campaign") or "default"
     if not experiment_id:
         return

@@ -1,0 +1,258 @@
+"""A local Prefect server and reactor workers for the UI: `make server`, `deploy`, `worker`, `ui-stop`.
+
+Everything started here runs in its own session, logs to <home>/<name>.log, keeps its PID in
+<home>/<name>.pid and carries SDFL_LOCAL_PREFECT=<home> in its environment, so `stop` finds the
+server, the workers and any flow run they started (flow runs get sessions of their own).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+HERE = REPO / "deployments"
+BIN = Path(sys.executable).parent
+TAG = "SDFL_LOCAL_PREFECT"
+LEASES_ON_DISK = "prefect.server.concurrency.lease_storage.filesystem"
+
+
+def environment(home: Path, api_url: str, **extra: str) -> dict[str, str]:
+    """The environment of everything started against the local server."""
+    env = {**os.environ, "PREFECT_HOME": str(home), "PREFECT_API_URL": api_url,
+           "PREFECT_SERVER_ANALYTICS_ENABLED": "false", TAG: str(home), **extra}
+    env.setdefault("PREFECT_WORKER_QUERY_SECONDS", "2")  # pick up a run within ~2 s (default 10)
+    return env
+
+
+def spawn(name: str, command: list[str], env: dict[str, str], home: Path) -> subprocess.Popen:
+    """Start `command` in a new session, output to <home>/<name>.log, PID to <home>/<name>.pid."""
+    home.mkdir(parents=True, exist_ok=True)
+    with open(home / f"{name}.log", "ab") as log:
+        process = subprocess.Popen(command, cwd=REPO, env=env, stdin=subprocess.DEVNULL, stdout=log,
+                                   stderr=subprocess.STDOUT, start_new_session=True)
+    (home / f"{name}.pid").write_text(str(process.pid))
+    return process
+
+
+def alive(pid: int) -> bool:
+    """True if `pid` runs (a zombie, killed but not yet reaped by its parent, does not)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True
+
+
+def running(name: str, home: Path) -> int | None:
+    """PID of a process started by `spawn` that is still running, else None.
+
+    A PID file left by a process that has gone (a reboot) may name someone else's process now:
+    where /proc shows environments, only a process carrying our tag counts.
+    """
+    try:
+        pid = int((home / f"{name}.pid").read_text())
+    except (OSError, ValueError):
+        return None
+    if not alive(pid):
+        return None
+    try:
+        tagged = f"{TAG}={home}".encode() in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    except OSError:
+        return pid  # no /proc (macOS): trust the PID file
+    return pid if tagged else None
+
+
+def healthy(api_url: str) -> bool:
+    try:
+        with urllib.request.urlopen(f"{api_url}/health", timeout=2) as reply:
+            return reply.status == 200 and json.loads(reply.read() or b"false") is True
+    except (OSError, ValueError):
+        return False
+
+
+def wait_healthy(api_url: str, timeout_s: float = 120.0, process: subprocess.Popen | None = None) -> float:
+    """Wait until the API answers /health. Returns the seconds waited."""
+    started = time.monotonic()
+    while not healthy(api_url):
+        if process is not None and process.poll() is not None:
+            raise RuntimeError(f"the Prefect server exited with code {process.returncode}")
+        if time.monotonic() - started > timeout_s:
+            raise TimeoutError(f"no healthy Prefect API at {api_url} after {timeout_s:.0f} s")
+        time.sleep(0.5)
+    return time.monotonic() - started
+
+
+def start_server(home: Path, host: str, port: int, **extra_env: str) -> subprocess.Popen | None:
+    """`prefect server start` in the background, then wait until healthy. None if already up."""
+    api_url = f"http://{host}:{port}/api"
+    if running("server", home) and healthy(api_url):
+        return None
+    # Leases on disk, not in memory: a run that holds a reactor when the server stops has its slot
+    # freed when its lease expires after the restart, instead of keeping the reactor taken for ever.
+    env = environment(home, api_url, PREFECT_SERVER_CONCURRENCY_LEASE_STORAGE=LEASES_ON_DISK, **extra_env)
+    process = spawn("server", [str(BIN / "prefect"), "server", "start", "--host", host, "--port", str(port),
+                               "--analytics-off"], env, home)
+    wait_healthy(api_url, process=process)
+    return process
+
+
+def reactors(prefect_yaml: Path = HERE / "prefect.yaml") -> list[str]:
+    """The reactors named by the work pools of the deployments (pool `reactor-<name>`)."""
+    import yaml
+
+    config = yaml.safe_load(prefect_yaml.read_text())
+    pools = {(d.get("work_pool") or {}).get("name") for d in config.get("deployments") or []}
+    return sorted(p.removeprefix("reactor-") for p in pools if p and p.startswith("reactor-"))
+
+
+def prepare(names: list[str]) -> list[str]:
+    """Create each reactor's process work pool and its concurrency limit (1 slot) if missing."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import WorkPoolCreate
+    from prefect.exceptions import ObjectAlreadyExists
+    from prefect.workers.process import ProcessWorker
+
+    sys.path.insert(0, str(REPO))
+    from flows.reactor import ensure_reactor_limit, limit_name
+
+    done = []
+    with get_client(sync_client=True) as client:
+        for name in names:
+            try:
+                client.create_work_pool(WorkPoolCreate(
+                    name=f"reactor-{name}", type="process",
+                    description=f"flow runs that drive the reactor {name} (one process worker on its host)",
+                    base_job_template=ProcessWorker.get_default_base_job_template()))
+                done.append(f"work pool reactor-{name} created")
+            except ObjectAlreadyExists:
+                done.append(f"work pool reactor-{name} exists")
+            created = ensure_reactor_limit(name)
+            done.append(f"concurrency limit {limit_name(name)} {'created' if created else 'exists'}")
+    return done
+
+
+def deploy(env: dict[str, str]) -> None:
+    """Pools and limits, then `prefect --no-prompt deploy --all` from deployments/."""
+    for line in prepare(reactors()):
+        print(line)
+    subprocess.run([str(BIN / "prefect"), "--no-prompt", "deploy", "--all"], cwd=HERE, env=env, check=True)
+
+
+def start_worker(home: Path, api_url: str, reactor: str, **extra_env: str) -> subprocess.Popen | None:
+    """A process worker on the reactor's pool, in the background. None if one is already running."""
+    name = f"worker-{reactor}"
+    if running(name, home):
+        return None
+    return spawn(name, [str(BIN / "prefect"), "worker", "start", "--pool", f"reactor-{reactor}", "--type", "process",
+                        "--name", f"{reactor}-{os.uname().nodename}"], environment(home, api_url, **extra_env), home)
+
+
+def tagged_processes(home: Path) -> list[int]:
+    """PIDs whose environment carries SDFL_LOCAL_PREFECT=<home> (Linux /proc; empty elsewhere)."""
+    marker = f"{TAG}={home}".encode()
+    found = []
+    for entry in Path("/proc").glob("[0-9]*"):
+        try:
+            if marker in (entry / "environ").read_bytes().split(b"\0"):
+                found.append(int(entry.name))
+        except (OSError, ValueError):
+            continue
+    return [pid for pid in found if pid != os.getpid()]
+
+
+def stop(home: Path, grace_s: float = 15.0) -> list[int]:
+    """Stop the flow runs, then the workers, then the server: SIGTERM, and SIGKILL after `grace_s`.
+
+    Flow runs go first, while their worker and the server can still record how they ended.
+    """
+    server = running("server", home)
+    workers = [pid for f in sorted(home.glob("worker-*.pid")) if (pid := running(f.stem, home))]
+    sessions = {server, *workers} - {None}
+    runs = [pid for pid in tagged_processes(home) if _session(pid) not in sessions]
+    # A flow run stopped before its worker reports Crashed and releases its reactor; stopped
+    # together with it, it dies before it can.
+    stopped = _end(runs, groups=set(), grace_s=grace_s)
+    stopped += _end([*workers, *(p for p in tagged_processes(home) if _session(p) in set(workers))],
+                    groups=set(workers), grace_s=grace_s)
+    if server:
+        stopped += _end([server, *(p for p in tagged_processes(home) if _session(p) == server)], {server}, grace_s)
+    for pidfile in home.glob("*.pid"):
+        if not running(pidfile.stem, home):
+            pidfile.unlink(missing_ok=True)
+    return sorted(set(stopped))
+
+
+def _end(pids: list[int], groups: set[int], grace_s: float) -> list[int]:
+    """SIGTERM each (whole session for those in `groups`), wait, then SIGKILL what is left."""
+    pids = [p for p in dict.fromkeys(pids) if alive(p)]
+    for pid in pids:
+        _signal(pid, signal.SIGTERM, group=pid in groups)
+    deadline = time.monotonic() + grace_s
+    while time.monotonic() < deadline and any(alive(p) for p in pids):
+        time.sleep(0.2)
+    for pid in pids:
+        if alive(pid):
+            _signal(pid, signal.SIGKILL, group=pid in groups)
+    return pids
+
+
+def _session(pid: int) -> int | None:
+    try:
+        return os.getsid(pid)
+    except OSError:
+        return None
+
+
+def _signal(pid: int, sig: int, group: bool) -> None:
+    try:
+        os.killpg(pid, sig) if group else os.kill(pid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="deployments/local.py", description=__doc__.splitlines()[0])
+    parser.add_argument("command", choices=["server", "deploy", "worker", "stop"])
+    parser.add_argument("--home", type=Path, default=REPO / ".prefect", help="PREFECT_HOME of the local server")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=4200)
+    parser.add_argument("--reactor", default="virtual-cs3cu2i5")
+    args = parser.parse_args(argv)
+    home = args.home.resolve()
+    api_url = f"http://{args.host}:{args.port}/api"
+    if args.command == "server":
+        started = start_server(home, args.host, args.port)
+        print(f"Prefect server {'started' if started else 'already running'}: UI http://{args.host}:{args.port}, "
+              f"API {api_url}; log {home / 'server.log'}")
+    elif args.command == "deploy":
+        if not healthy(api_url):
+            raise SystemExit(f"no Prefect server at {api_url}: run `make server` first")
+        os.environ.update(environment(home, api_url))
+        deploy(dict(os.environ))
+    elif args.command == "worker":
+        if not healthy(api_url):
+            raise SystemExit(f"no Prefect server at {api_url}: run `make server` first")
+        process = start_worker(home, api_url, args.reactor)
+        print(f"worker for reactor {args.reactor} {'started' if process else 'already running'} "
+              f"on pool reactor-{args.reactor}; log {home / f'worker-{args.reactor}.log'}")
+    else:
+        stopped = stop(home)
+        print(f"stopped {len(stopped)} process(es)" if stopped else "nothing was running")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
