@@ -229,10 +229,15 @@ def _conduct(rig, plan, steps, trial, experiment_id, objective, log) -> tuple[fl
 
     Instrument errors propagate (the rig is already safe and the experiment recorded).
     """
+    run = getattr(rig, "conduct", None)  # a reactor on another machine (flows/remote.py)
     try:
-        row = conduct_experiment(rig, condition=dict(trial.params), campaign=plan.campaign,
-                                 experiment_id=experiment_id, finish="hold", data_root=plan.data_root,
-                                 seed=plan.seed, steps=steps, log=log)
+        if run is not None:
+            row = run(condition=dict(trial.params), campaign=plan.campaign, experiment_id=experiment_id,
+                      data_root=plan.data_root, seed=plan.seed)
+        else:
+            row = conduct_experiment(rig, condition=dict(trial.params), campaign=plan.campaign,
+                                     experiment_id=experiment_id, finish="hold", data_root=plan.data_root,
+                                     seed=plan.seed, steps=steps, log=log)
     except SdflInputError as exc:  # an infeasible proposal is never run; record why and go on
         log.warning("trial %d not run: %s", trial.number, exc)
         return math.nan, exc
@@ -272,13 +277,14 @@ def _target_reached(study, platform, plan, state, n_done: int) -> bool:
 
 # --- Prefect flows --------------------------------------------------------------------------
 def _campaign_flow(plan: CampaignPlan, platform_name: str, seed_rig: int | None, explain_model: bool,
-                   reactors: int = 1) -> dict:
+                   reactors: int = 1, remote_reactors: list[str] | None = None) -> dict:
     from prefect import get_run_logger
     from prefect.artifacts import create_progress_artifact, update_progress_artifact
 
     from flows.campaign_report import build_report
     from flows.experiment import prefect_steps
     from flows.reactor import reactor_lock
+    from flows.remote import DeploymentReactor
     from hardware.platform import load_platform
     from hardware.rig import open_rig
 
@@ -293,8 +299,10 @@ def _campaign_flow(plan: CampaignPlan, platform_name: str, seed_rig: int | None,
     if reactors > 1 and config.platform.kind == "real":
         raise SdflInputError("reactors > 1 runs copies of a virtual or emulated platform; real reactors are "
                              "separate platforms, each with its own deployment")
+    remote = [DeploymentReactor(name, config) for name in remote_reactors or []]
     with reactor_lock(config.platform.name, log):
         rigs = [open_rig(config, seed_rig if k == 0 else (seed_rig or 0) + 1000 * k) for k in range(reactors)]
+        rigs += remote
         with contextlib.ExitStack() as stack:
             for rig in rigs:
                 stack.enter_context(rig.lock)
@@ -336,15 +344,18 @@ def optimize(
     storage: P.OptunaStorage = None,
     explain: P.Explain = True,
     reactors: P.Reactors = 1,
+    remote_reactors: P.RemoteReactors = None,
 ) -> dict[str, Any]:
     """Maximise `objective` (a feature such as PL_I, or a formula of features) within `budget`
     experiments: `initial` Latin-hypercube points, then `policy`. Running it again with the same
     campaign name resumes it. `reactors` > 1 runs that many copies of a virtual or emulated
-    platform at once, one experiment each (a batch of distinct proposals)."""
+    platform at once, one experiment each (a batch of distinct proposals); `remote_reactors`
+    adds reactors on other machines by their run-experiment deployments (same space, shared data
+    root)."""
     plan = CampaignPlan(campaign=campaign, objective=objective, policy=policy, budget=budget, initial=initial,
                         surrogate=surrogate, seed=seed, prior_campaign=prior_campaign, prior_model=prior_model,
                         in_flight=in_flight, kappa=kappa, storage=storage, data_root=data_root)
-    return _campaign_flow(plan, platform, seed, explain, reactors)
+    return _campaign_flow(plan, platform, seed, explain, reactors, remote_reactors)
 
 
 @_flow("explore")

@@ -60,3 +60,6 @@ RigSeed = Annotated[int | None, form("seed of the virtual lab's noise; ignored o
 
 Reactors = Annotated[int, form("copies of a virtual or emulated platform run at once, one experiment each",
                                minimum=1, maximum=16)]
+RemoteReactors = Annotated[list[str] | None, form(
+    "other reactors by their run-experiment deployment ('run-experiment/<reactor>'): same parameter space, "
+    "and they must write to this campaign's data root")]

@@ -279,3 +279,31 @@ def test_without_a_server_the_lock_is_a_file_lock_the_os_frees_when_its_holder_d
         if holder.poll() is None:
             os.killpg(holder.pid, signal.SIGKILL)
         holder.wait(10)
+
+
+def test_a_campaign_runs_its_experiments_on_a_reactor_through_its_deployment(lab):
+    """The campaign process keeps the study; each experiment is a run of the reactor's
+    run-experiment deployment, executed by the reactor's worker, and lands in the shared dataset.
+    Run in a subprocess so its Prefect client talks only to this server."""
+    root = lab.data / "remote"
+    script = (
+        "from flows.campaign import CampaignPlan, run_campaign\n"
+        "from flows.experiment import PLAIN_STEPS\n"
+        "from flows.remote import DeploymentReactor\n"
+        "from hardware.platform import load_platform\n"
+        f"platform = load_platform({REACTOR!r})\n"
+        f"reactors = [DeploymentReactor('run-experiment/{REACTOR}', platform, timeout_s=120) for _ in range(2)]\n"
+        f"plan = CampaignPlan(campaign='remote', policy='ei', budget=3, initial=2, seed=4, data_root={str(root)!r})\n"
+        "state = run_campaign(reactors, plan, PLAIN_STEPS)\n"
+        "print('values', state.values)\n"
+    )
+    env = {**os.environ, "PREFECT_API_URL": lab.api, "PREFECT_HOME": str(lab.home)}
+    done = subprocess.run([sys.executable, "-c", script], cwd=REPO, env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+
+    rows = pd.read_parquet(root / "experiments")
+    assert sorted(rows["experiment_id"]) == ["remote-t0000", "remote-t0001", "remote-t0002"]
+    assert set(rows["status"]) == {"completed"}
+    runs = [lab.http.get(f"/flow_runs/{run_id}").json() for run_id in rows["flow_run_id"]]
+    assert all(r["deployment_id"] == lab.deployment("run-experiment")["id"] for r in runs)  # the worker ran them

@@ -1,0 +1,67 @@
+"""A reactor on another machine, as a campaign sees it: each experiment is a run of that
+reactor's `run-experiment` deployment, and its row is read back from the shared dataset.
+
+The campaign process keeps the Optuna study and the proposals; the reactor's worker drives its
+rig (and takes that reactor's lock). Both must see the same data root (a shared filesystem or
+the same machine), which is where the worker writes the experiment.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from typing import Any
+
+from hardware.clock import WallClock
+from hardware.errors import FatalInstrumentError, SdflInputError
+from hardware.platform import PlatformConfig
+from tasks import storage
+
+
+class RemoteExperimentFailed(FatalInstrumentError):
+    """The reactor's flow run did not complete: its worker made the rig safe; look at its log."""
+
+
+@dataclass
+class DeploymentReactor:
+    """A reactor reached through its deployment, e.g. `run-experiment/reactor-2`."""
+
+    deployment: str
+    platform: PlatformConfig
+    """The campaign's platform: the reactor's own (the deployment's `platform` parameter) must
+    have the same parameter space."""
+    timeout_s: float | None = None
+    clock: WallClock = field(default_factory=WallClock)
+    lock: threading.RLock = field(default_factory=threading.RLock)
+    lab: Any = None
+
+    @property
+    def name(self) -> str:
+        return self.deployment
+
+    def safe_state(self) -> list[str]:
+        """Nothing to do here: the reactor's worker and its flow hooks keep its rig safe."""
+        return []
+
+    def conduct(self, *, condition: dict[str, float], campaign: str, experiment_id: str, data_root: str | None,
+                seed: int | None, **_: Any) -> dict:
+        """Run one experiment as a flow run of the deployment and return its recorded row."""
+        from prefect.deployments import run_deployment
+
+        root = storage.data_root(data_root).resolve()
+        run = run_deployment(self.deployment, timeout=self.timeout_s, parameters={
+            # the reactor's own platform is the deployment's default parameter
+            "condition": condition, "campaign": campaign,
+            "experiment_id": experiment_id, "data_root": str(root), "finish": "hold", "seed": seed,
+        })
+        rows = storage.read_experiments(str(root), campaign)
+        mine = rows[rows["experiment_id"] == experiment_id] if len(rows) else rows
+        state = run.state
+        if state is not None and state.is_completed() and len(mine):
+            return mine.iloc[0].to_dict()
+        reason = mine.iloc[0]["failure_reason"] if len(mine) else (state.message if state else "no state")
+        if "InfeasibleCondition" in str(reason) or "InvalidCondition" in str(reason):
+            raise SdflInputError(f"{self.deployment}: {reason}")
+        raise RemoteExperimentFailed(self.deployment, (
+            f"flow run {run.id} ended {state.type.value if state else 'without a state'}: {reason}. "
+            "The worker has made its rig safe; see the run's log in the Prefect UI"))
