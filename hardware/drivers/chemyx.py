@@ -17,6 +17,7 @@ Protocol as this driver assumes it (Chemyx serial-command pages; not verified on
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass
 
@@ -40,6 +41,8 @@ STATUS_CODES = {0: "stopped", 1: "running", 2: "paused", 3: "delayed", 4: "stall
 STARTED_REPLIES = ("pump start running", "pump delay")
 INVALID = "invalid command!"
 
+
+log = logging.getLogger(__name__)
 
 def format_number(value: float, decimals: int = 5) -> str:
     """A number as the pump takes it: fixed point, no trailing zeros ("12.5", "40000")."""
@@ -278,8 +281,8 @@ class ChemyxPump:
         """Best-effort stop after a failed start; an error here must not hide the first one."""
         try:
             self._exchange("stop")
-        except Exception:
-            pass
+        except Exception as exc:  # noqa: BLE001 - the first error is the one that matters
+            log.warning("%s: stop after a failed start did not go through either: %s", self.name, exc)
 
 
 def _is_number(text: str) -> bool:

@@ -210,4 +210,4 @@ class ReplayLink:
             return reply
 
     def close(self) -> None:
-        pass
+        """A replay holds no port: nothing to release."""

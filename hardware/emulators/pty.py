@@ -1,8 +1,9 @@
-"""A line server on a real pseudo-terminal: the base of the instrument emulators.
+"""Devices on a real pseudo-terminal: the base of the serial instrument emulators.
 
-The driver opens `server.port` (the pty's slave device, e.g. /dev/pts/7) exactly as it would
-open a USB-serial adapter; a daemon thread reads command lines from the master side and writes
-the replies that `handle_line` returns. `close()` (or `disconnect()`) hangs the line up, which
+The driver opens `device.port` (the pty's slave device, e.g. /dev/pts/7) exactly as it would
+open a USB-serial adapter; a daemon thread reads from the master side. `PtyDevice` hands over
+raw bytes (binary protocols: the relay board, Modbus RTU); `PtyServer` cuts them into command
+lines and writes the replies that `handle_line` returns. `close()` (or `disconnect()`) hangs the line up, which
 the driver sees as a vanished port.
 """
 
@@ -13,6 +14,7 @@ import os
 import select
 import threading
 import tty
+from abc import ABC, abstractmethod
 
 log = logging.getLogger(__name__)
 
@@ -20,32 +22,29 @@ POLL_S = 0.02
 """How often the server thread checks whether it should stop."""
 
 
-class PtyServer:
-    """Serve one pseudo-terminal. Subclasses implement `handle_line(line) -> bytes | None`.
+class PtyDevice(ABC):
+    """A device on one pseudo-terminal. Subclasses implement `handle_bytes(chunk)`.
 
-    Lines end with CR, LF or CR LF; empty lines are ignored. A `None` reply sends nothing.
-    Use it as a context manager, or call `close()`.
+    A daemon thread reads what the driver writes and hands it over as it arrives; `write` sends
+    bytes back. Use it as a context manager, or call `close()`.
     """
 
-    def __init__(self, *, name: str = "pty-server"):
+    def __init__(self, *, name: str = "pty-device"):
         self._master, self._slave = os.openpty()
         tty.setraw(self._slave)
         self.port = os.ttyname(self._slave)
         self.name = name
-        self.errors: list[BaseException] = []
-        """Exceptions raised by `handle_line` (the thread keeps serving after one)."""
         self._stopping = threading.Event()
         self._closed = False
         self._close_lock = threading.Lock()
         self._thread = threading.Thread(target=self._serve, name=f"{name} {self.port}", daemon=True)
         self._thread.start()
 
-    def handle_line(self, line: bytes) -> bytes | None:
-        raise NotImplementedError
+    @abstractmethod
+    def handle_bytes(self, chunk: bytes) -> None:
+        """Bytes from the driver, in the order they came (frames may be split or joined)."""
 
-    # --- the server thread ---------------------------------------------------------------------
     def _serve(self) -> None:
-        buffer = b""
         while not self._stopping.is_set():
             try:
                 ready, _, _ = select.select([self._master], [], [], POLL_S)
@@ -56,26 +55,9 @@ class PtyServer:
                 return
             if not chunk:
                 return
-            buffer += chunk
-            while True:
-                cut = min((i for i in (buffer.find(b"\r"), buffer.find(b"\n")) if i >= 0), default=-1)
-                if cut < 0:
-                    break
-                line, buffer = buffer[:cut], buffer[cut + 1:]
-                if line.strip() and not self._stopping.is_set():
-                    self._answer(line.strip())
+            self.handle_bytes(chunk)
 
-    def _answer(self, line: bytes) -> None:
-        try:
-            reply = self.handle_line(line)
-        except Exception as exc:  # a bug in one reply must not kill the device
-            log.exception("%s: error while answering %r", self.name, line)
-            self.errors.append(exc)
-            return
-        if reply:
-            self.write(reply)
-
-    def write(self, data: bytes) -> None:
+    def send(self, data: bytes) -> None:
         """Send bytes to the driver (from the server thread or a test)."""
         view = memoryview(data)
         while view:
@@ -85,7 +67,6 @@ class PtyServer:
                 return
             view = view[written:]
 
-    # --- lifetime --------------------------------------------------------------------------------
     def close(self) -> None:
         """Stop the thread and close both ends: the driver's port goes dead (EIO)."""
         with self._close_lock:
@@ -98,7 +79,7 @@ class PtyServer:
         for fd in (self._master, self._slave):
             try:
                 os.close(fd)
-            except OSError:
+            except OSError:  # already closed: nothing left to release
                 pass
 
     disconnect = close
@@ -113,3 +94,40 @@ class PtyServer:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+class PtyServer(PtyDevice):
+    """A line-based device. Subclasses implement `handle_line(line) -> bytes | None`.
+
+    Lines end with CR, LF or CR LF; empty lines are ignored. A `None` reply sends nothing.
+    """
+
+    def __init__(self, *, name: str = "pty-server"):
+        self.errors: list[BaseException] = []
+        """Exceptions raised by `handle_line` (the thread keeps serving after one)."""
+        self._buffer = b""
+        super().__init__(name=name)
+
+    @abstractmethod
+    def handle_line(self, line: bytes) -> bytes | None:
+        """The reply to one command line, or None for no reply."""
+
+    def handle_bytes(self, chunk: bytes) -> None:
+        self._buffer += chunk
+        while True:
+            cut = min((i for i in (self._buffer.find(b"\r"), self._buffer.find(b"\n")) if i >= 0), default=-1)
+            if cut < 0:
+                return
+            line, self._buffer = self._buffer[:cut], self._buffer[cut + 1:]
+            if line.strip() and not self._stopping.is_set():
+                self._answer(line.strip())
+
+    def _answer(self, line: bytes) -> None:
+        try:
+            reply = self.handle_line(line)
+        except Exception as exc:  # a bug in one reply must not kill the device
+            log.exception("%s: error while answering %r", self.name, line)
+            self.errors.append(exc)
+            return
+        if reply:
+            self.send(reply)

@@ -7,16 +7,13 @@ can switch the virtual lab's light sources wired to its channels.
 
 from __future__ import annotations
 
-import os
-import select
-import threading
-import tty
+from hardware.emulators.pty import PtyDevice
 
 START = 0xA0
 OP_OFF, OP_ON, OP_OFF_REPLY, OP_ON_REPLY, OP_QUERY = 0x00, 0x01, 0x02, 0x03, 0x05
 
 
-class RelayEmulator:
+class RelayEmulator(PtyDevice):
     """`channels` relays; `protocol` "lcus" (silent) or "lcus-feedback" (answers each frame).
 
     `wiring` maps a channel to a light source (anything with on()/off()) switched with it.
@@ -32,24 +29,12 @@ class RelayEmulator:
         self.frames: list[bytes] = []
         self.rejected: list[bytes] = []
         self.mute = False
-        self._master, self._slave = os.openpty()
-        tty.setraw(self._slave)
-        self.port = os.ttyname(self._slave)
         self._buffer = b""
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._serve, name=f"relay-emulator {self.port}", daemon=True)
-        self._thread.start()
+        super().__init__(name="relay-emulator")
 
-    def _serve(self) -> None:
-        while not self._stop.is_set():
-            ready, _, _ = select.select([self._master], [], [], 0.05)
-            if not ready:
-                continue
-            try:
-                self._buffer += os.read(self._master, 64)
-            except OSError:
-                return
-            self._parse()
+    def handle_bytes(self, chunk: bytes) -> None:
+        self._buffer += chunk
+        self._parse()
 
     def _parse(self) -> None:
         while len(self._buffer) >= 4:
@@ -73,19 +58,4 @@ class RelayEmulator:
                 source.on() if on else source.off()
         if self.protocol == "lcus-feedback" and op in (OP_ON_REPLY, OP_OFF_REPLY, OP_QUERY) and not self.mute:
             state = int(self.states[channel])
-            os.write(self._master, bytes([START, channel, state, (START + channel + state) & 0xFF]))
-
-    def close(self) -> None:
-        self._stop.set()
-        self._thread.join(timeout=1.0)
-        for fd in (self._master, self._slave):
-            try:
-                os.close(fd)
-            except OSError:
-                pass
-
-    def __enter__(self) -> RelayEmulator:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
+            self.send(bytes([START, channel, state, (START + channel + state) & 0xFF]))

@@ -20,11 +20,9 @@ from __future__ import annotations
 
 import asyncio
 import math
-import os
-import select
 import struct
 import threading
-import tty
+from abc import ABC, abstractmethod
 
 from pymodbus.constants import ExcCodes
 from pymodbus.framer import FramerRTU
@@ -34,6 +32,7 @@ from pymodbus.simulator import DataType, SimData, SimDevice
 from pymodbus.simulator.simcore import SimCore
 
 from hardware.drivers.watlow import MODE_AUTO, MODE_MANUAL, MODE_OFF, MODELS, UNITS_C, UNITS_F, RegisterMap
+from hardware.emulators.pty import PtyDevice
 from hardware.errors import GarbledReply, InstrumentTimeout, SafetyLimitExceeded
 from hardware.virtual.devices import VirtualHeater
 
@@ -59,7 +58,7 @@ class _Garble(Exception):
     """This request gets a malformed reply."""
 
 
-class WatlowEmulator:
+class WatlowEmulator(ABC):
     """The register model and fault switches shared by the TCP and RTU emulators."""
 
     def __init__(self, heater: VirtualHeater, *, model: str | RegisterMap = "f4t", loop: int = 1,
@@ -233,8 +232,9 @@ class WatlowEmulator:
         return SimDevice(id=device_id, action=self._action,
                          simdata=[SimData(0, count=65536, values=0, datatype=DataType.REGISTERS)])
 
+    @abstractmethod
     def close(self) -> None:
-        raise NotImplementedError
+        """Stop serving (each transport closes its own way)."""
 
     def __enter__(self):
         return self
@@ -324,59 +324,41 @@ class _TcpServer(ModbusTcpServer):
         return handler
 
 
-class WatlowRtuEmulator(WatlowEmulator):
+class WatlowRtuEmulator(PtyDevice, WatlowEmulator):
     """Modbus RTU on a pseudo-terminal: the driver opens `device`. Requests for other unit ids go unanswered."""
 
     def __init__(self, heater: VirtualHeater, *, model: str | RegisterMap = "pm", loop: int = 1, unit_id: int = 1,
                  units: str = "C"):
-        super().__init__(heater, model=model, loop=loop, units=units, rtu=True)
+        WatlowEmulator.__init__(self, heater, model=model, loop=loop, units=units, rtu=True)
         self.unit_id = unit_id
-        self._master, self._slave = os.openpty()
-        tty.setraw(self._slave)
-        self.device = os.ttyname(self._slave)
         self._core = SimCore(self._simdevice(unit_id))
         self._framer = FramerRTU(DecodePDU(True))
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name=f"watlow-rtu-emulator {self.device}", daemon=True)
-        self._thread.start()
+        self._frames = b""
+        self._loop: asyncio.AbstractEventLoop | None = None
+        PtyDevice.__init__(self, name="watlow-rtu-emulator")
+        self.device = self.port
 
-    def _run(self) -> None:
-        loop = asyncio.new_event_loop()
-        buffer = b""
-        try:
-            while not self._stop.is_set():
-                try:
-                    ready, _, _ = select.select([self._master], [], [], POLL_S)
-                    if not ready:
-                        continue
-                    chunk = os.read(self._master, 1024)
-                except (OSError, ValueError):  # hung up
-                    return
-                buffer += chunk
-                used, request = self._framer.handleFrame(buffer, 0, 0)
-                buffer = buffer[used:]
-                if request is None or request.dev_id != self.unit_id:
-                    continue
-                self._on_request()
-                reply = loop.run_until_complete(request.datastore_update(self._core, request.dev_id))
-                reply.dev_id = request.dev_id
-                reply = self._on_reply(reply)
-                if self._fault != "silent":
-                    os.write(self._master, self._framer.buildFrame(reply))
-        finally:
-            loop.close()
-
-    def disconnect(self) -> None:
-        """Hang up the line, as if the adapter were unplugged."""
-        self._stop.set()
-        self._thread.join(5.0)
-        for fd in (self._master, self._slave):
-            try:
-                os.close(fd)
-            except OSError:
-                pass
-        self._master = self._slave = -1
+    def handle_bytes(self, chunk: bytes) -> None:
+        """Frames from the driver (runs in the server thread, which owns the event loop)."""
+        if self._loop is None:
+            self._loop = asyncio.new_event_loop()
+        self._frames += chunk
+        used, request = self._framer.handleFrame(self._frames, 0, 0)
+        self._frames = self._frames[used:]
+        if request is None or request.dev_id != self.unit_id:
+            return
+        self._on_request()
+        reply = self._loop.run_until_complete(request.datastore_update(self._core, request.dev_id))
+        reply.dev_id = request.dev_id
+        reply = self._on_reply(reply)
+        if self._fault != "silent":
+            self.send(self._framer.buildFrame(reply))
 
     def close(self) -> None:
-        if self._master != -1:
-            self.disconnect()
+        """Hang up the line (as if the adapter were unplugged) and free the event loop."""
+        PtyDevice.close(self)
+        if self._loop is not None and not self._thread.is_alive():
+            self._loop.close()
+            self._loop = None
+
+    disconnect = close
