@@ -170,7 +170,7 @@ class _Loop:
         self.running = 0
         self.stopped = False
         self.fatal: BaseException | None = None
-        self.distributions = ledger.distributions(study_platform(state))
+        self.distributions = ledger.distributions(state.platform)
 
     def _next_trial(self):
         with self.lock:
@@ -181,7 +181,7 @@ class _Loop:
                 self.state.stopped_because = f"budget of {self.plan.budget} experiments reached"
                 return None
             if (self.plan.target_r2 is not None and not self.running
-                    and _target_reached(self.study, study_platform(self.state), self.plan, self.state, len(done))):
+                    and _target_reached(self.study, self.state.platform, self.plan, self.state, len(done))):
                 self.state.stopped_because = (f"held-out R^2 {self.state.holdout_r2:.3f} >= target "
                                               f"{self.plan.target_r2}")
                 self.stopped = True
@@ -218,10 +218,6 @@ class _Loop:
                 self.running -= 1
                 if self.on_progress is not None:
                     self.on_progress(len(ledger.finished(self.study)), self.plan.budget, self.study)
-
-
-def study_platform(state: CampaignState):
-    return state.platform
 
 
 def _conduct(rig, plan, steps, trial, experiment_id, objective, log) -> tuple[float, BaseException | None]:
@@ -291,15 +287,17 @@ def _campaign_flow(plan: CampaignPlan, platform_name: str, seed_rig: int | None,
     log = get_run_logger()
     config = load_platform(platform_name)
     validate(plan, config)  # bad settings stop here, before the rig or the study is touched
+    if not isinstance(reactors, int) or isinstance(reactors, bool) or reactors < 1:
+        raise SdflInputError(f"reactors must be a whole number of at least 1, got {reactors!r}")
+    if reactors > 1 and config.platform.kind == "real":
+        raise SdflInputError("reactors > 1 runs copies of a virtual or emulated platform; real reactors are "
+                             "separate platforms, each with its own deployment")
+    remote = [DeploymentReactor(name, config).checked() for name in remote_reactors or []]
     progress = create_progress_artifact(progress=0.0, description=f"campaign {plan.campaign}: experiments done")
 
     def on_progress(done: int, budget: int, study) -> None:
         update_progress_artifact(progress, progress=100.0 * done / budget)
 
-    if reactors > 1 and config.platform.kind == "real":
-        raise SdflInputError("reactors > 1 runs copies of a virtual or emulated platform; real reactors are "
-                             "separate platforms, each with its own deployment")
-    remote = [DeploymentReactor(name, config) for name in remote_reactors or []]
     with reactor_lock(config.platform.name, log):
         rigs = [open_rig(config, seed_rig if k == 0 else (seed_rig or 0) + 1000 * k) for k in range(reactors)]
         rigs += remote

@@ -39,6 +39,26 @@ class DeploymentReactor:
     def name(self) -> str:
         return self.deployment
 
+    def checked(self) -> DeploymentReactor:
+        """This reactor, once its deployment is known to the Prefect server; else SdflInputError."""
+        from prefect.client.orchestration import get_client
+        from prefect.exceptions import ObjectNotFound
+
+        if self.deployment.count("/") != 1:
+            raise SdflInputError(f"remote reactor {self.deployment!r}: give a deployment as "
+                                 "'<flow name>/<deployment name>', e.g. 'run-experiment/reactor-2'")
+        with get_client(sync_client=True) as client:
+            try:
+                found = client.read_deployment_by_name(self.deployment)
+            except ObjectNotFound:
+                raise SdflInputError(f"remote reactor {self.deployment!r}: no such deployment on the Prefect "
+                                     "server; deploy it on the reactor's machine (make deploy) or fix the name") from None
+            flow = client.read_flow(found.flow_id).name
+        if flow != "run-experiment":
+            raise SdflInputError(f"remote reactor {self.deployment!r} is a deployment of {flow!r}; a reactor "
+                                 "takes experiments through a run-experiment deployment")
+        return self
+
     def safe_state(self) -> list[str]:
         """Nothing to do here: the reactor's worker and its flow hooks keep its rig safe."""
         return []

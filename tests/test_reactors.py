@@ -9,7 +9,7 @@ import pytest
 from flows.campaign import CampaignPlan, run_campaign
 from flows.experiment import PLAIN_STEPS
 from hardware.clock import SimClock
-from hardware.errors import PumpStalled
+from hardware.errors import PumpStalled, SdflInputError
 from hardware.rig import open_rig
 from tasks.storage import read_experiments
 
@@ -70,3 +70,17 @@ def test_the_optimize_flow_spreads_a_campaign_over_virtual_reactors(tmp_path):
 
     assert summary["experiments"] == 4 and summary["completed"] == 4
     assert read_experiments(str(tmp_path), "pair")["experiment_id"].is_unique
+
+
+@pytest.mark.usefixtures("prefect_harness")
+@pytest.mark.parametrize(("settings", "message"), [
+    ({"reactors": 0}, "reactors must be a whole number of at least 1"),
+    ({"remote_reactors": ["reactor-2"]}, "'<flow name>/<deployment name>'"),
+    ({"remote_reactors": ["run-experiment/nowhere"]}, "no such deployment"),
+])
+def test_bad_reactor_settings_are_refused_before_anything_runs(tmp_path, settings, message):
+    from flows.campaign import optimize
+
+    with pytest.raises(SdflInputError, match=message):
+        optimize(campaign="bad", budget=3, initial=2, data_root=str(tmp_path), explain=False, **settings)
+    assert not (tmp_path / "experiments").exists()  # nothing was run or recorded

@@ -254,3 +254,22 @@ def test_doctor_on_a_real_rig_names_what_did_not_answer(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "0 of 13 instruments answered" in out
     assert "/dev/sdfl-missing-cui" in out and "127.0.0.1:9" in out and "HDXV0001" in out
+
+
+def test_a_missing_or_circular_base_platform_is_named(tmp_path):
+    missing = tmp_path / "a.toml"
+    missing.write_text('[platform]\nname = "a"\nkind = "virtual"\nbase = "no-such-platform"\n')
+    with pytest.raises(PlatformConfigError, match="platform.base 'no-such-platform' not found"):
+        load_platform(missing)
+    (tmp_path / "b.toml").write_text('[platform]\nname = "b"\nkind = "virtual"\nbase = "c.toml"\n')
+    (tmp_path / "c.toml").write_text('[platform]\nname = "c"\nkind = "virtual"\nbase = "b.toml"\n')
+    with pytest.raises(PlatformConfigError, match="makes a loop"):
+        load_platform(tmp_path / "b.toml")
+
+
+def test_a_device_table_with_an_unknown_field_is_refused_naming_it(tmp_path):
+    path = tmp_path / "rig.toml"
+    path.write_text('[platform]\nname = "my-rig"\nkind = "real"\nbase = "virtual-cs3cu2i5"\n'
+                    '[[pumps]]\nname = "cui"\ndevice = { port = "/dev/ttyUSB0", baud = 9600 }\n')
+    with pytest.raises(PlatformConfigError, match=r"pumps\[cui\].device: baud"):
+        open_rig(load_platform(path))
