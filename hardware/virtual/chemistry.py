@@ -20,6 +20,14 @@ ArrayLike = float | np.ndarray
 
 
 @dataclass
+class ZoneState:
+    """What a droplet saw in one temperature zone of the path (e.g. the core or shell tanks)."""
+
+    temperature_c: ArrayLike
+    time_s: ArrayLike
+
+
+@dataclass
 class ReactorState:
     """What a droplet saw: its composition, temperature, time in the reactor and the flow."""
 
@@ -31,6 +39,10 @@ class ReactorState:
     reaction_time_s: ArrayLike
     precursor_flow_ul_min: ArrayLike
     """Total precursor flow: sets droplet velocity and so mixing."""
+    zones: dict[str, ZoneState] = field(default_factory=dict)
+    """Temperature and time in each heater zone of the path, by zone name. A one-reactor platform
+    has a single zone ("reactor"), equal to temperature_c and reaction_time_s; multi-stage
+    platforms (a CSTR cascade) have one per stage."""
 
     def species(self, name: str) -> ArrayLike:
         if name in self.molar_mM:
