@@ -18,6 +18,7 @@ from prefect import flow, get_run_logger
 
 from flows import parameters as P
 from flows.reactor import reactor_lock
+from hardware.errors import SdflInputError
 from hardware.platform import DEFAULT_PLATFORM, PlatformConfig, load_platform
 from hardware.rig import Rig, open_rig
 from tasks import acquisition, equilibration, features, formulation, reports, storage
@@ -54,15 +55,16 @@ def study_residence_time(
     platform = rig.platform
     if not reaction_times_s:
         raise ValueError("give at least one reaction time")
+    if platform.flow_mode:
+        raise SdflInputError(f"platform {platform.platform.name!r} sets its pump flows directly (no reaction-time "
+                             "parameter); study the residence time by running its flowrates with run-experiment")
     time_param = formulation.parameter_by_kind(platform, "reaction_time")
     base = dict(base_condition or centre_condition(platform))
     plans = [formulation.formulate({**base, time_param: float(t)}, platform) for t in reaction_times_s]
     settings = features.FeatureSettings.from_config(platform.features)
 
     reference = acquisition.ensure_reference(rig, max_age_s=0.0)  # flushes: the cell holds solvent
-    heater = platform.heater
-    equilibration.wait_heater_stable(rig.heater, rig.clock, plans[0].temperature_c, heater.stable_band,
-                                     heater.stable_hold, heater.max_wait)
+    equilibration.heat_zones(rig, plans[0])
     frames, steps = [], []
     try:
         for i, plan in enumerate(plans):

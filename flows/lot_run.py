@@ -148,8 +148,7 @@ class LotRun:
             if request is not None:
                 self.refill(request)
                 return  # the refill re-equilibrates
-        self.steps.heater(rig.heater, rig.clock, recipe.temperature_c, cfg.heater.stable_band,
-                          cfg.heater.stable_hold, cfg.heater.max_wait)
+        self.steps.heater(rig, recipe)
         t_on = self.steps.program(rig, recipe, run_time_s=self.segment_s)
         self.segment_end = t_on + self.segment_s
         self.steps.produce_until(rig, recipe, t_on + recipe.t_E_s, cfg.equilibration.poll_interval)
@@ -253,7 +252,8 @@ class LotRun:
             "sample_id": lots.sample_id(plan.lot, i), "lot": plan.lot, "sample": i,
             "phase": "qualification" if self.limits is None else "production", "qualification": self.qualification,
             "t_platform_s": t, "t_h": self.t_h(t), "recorded_at": now_utc(),
-            "temperature_measured_c": rig.heater.read_temperature(),
+            "temperature_measured_c": (rig.heater.read_temperature() if rig.heater is not None
+                                       else rig.platform.rules.ambient_temperature),
             "in_control": None if self.limits is None else not signals,
             "alarms": "; ".join(f"{s.rule}:{s.feature}" for s in signals) or None,
             "yield_g_h": self.sample_yield(values.get("Abs_300")), **values,

@@ -112,7 +112,7 @@ def produce_until(rig: Rig, plan: formulation.Formulation, t_end_s: float, poll_
 
 PLAIN_LOT_STEPS = LotSteps(
     reference=acquisition.ensure_reference,
-    heater=equilibration.wait_heater_stable,
+    heater=equilibration.heat_zones,
     program=equilibration.start_pumps,
     produce_until=produce_until,
     acquire=acquisition.acquire,
@@ -129,7 +129,7 @@ def prefect_lot_steps(virtual: bool) -> LotSteps:
                  retry_delay_seconds=0 if virtual else INSTRUMENT_RETRY_DELAYS_S)
     return LotSteps(
         reference=acquisition.reference_task.with_options(retry_delay_seconds=retry["retry_delay_seconds"]),
-        heater=task(name="heater-stable", **retry)(equilibration.wait_heater_stable),
+        heater=task(name="heater-stable", **retry)(equilibration.heat_zones),
         program=task(name="program-pumps", **retry)(equilibration.start_pumps),
         produce_until=task(name="produce", **retry)(produce_until),
         acquire=acquisition.acquire_task.with_options(retry_delay_seconds=retry["retry_delay_seconds"]),

@@ -123,26 +123,57 @@ class StreamConfig(_Strict):
     junction: str = ""
     line_volume: VolumeUL = Field(gt=0)
     dispersion_tanks: float = Field(ge=1)
-    balance_pump: str
+    balance_pump: str | None = Field(default=None, description=(
+        "the pump that makes up the stream's flow (needed when fractions set the composition)"))
     solvent_pumps: list[str] = Field(default_factory=list)
+    joins_at: str | None = Field(default=None, description=(
+        "path segment at whose inlet this stream joins (a staged injection); empty: at the first junction"))
 
 
 class SegmentConfig(_Strict):
+    """One piece of the path after the first junction, in flow order."""
+
     name: str
     volume: VolumeUL = Field(gt=0)
-    heated: bool = False
+    heated: bool = Field(default=False, description="legacy: the one heated reactor (zone 'reactor')")
+    zone: str | None = Field(default=None, description="the heater zone that sets its temperature; empty: ambient")
+    reactor: bool = Field(default=False, description="the reaction time counts the time spent here")
     dispersion_tanks: float = Field(ge=1)
     detector: Literal["pl", "abs"] | None = None
+    inner_diameter: Millimetres | None = Field(default=None, gt=0, description="tube bore, for the regime numbers")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _legacy_heated(cls, data: Any) -> Any:
+        """`heated = true` (one-reactor platforms) means zone "reactor" and reactor = true."""
+        if isinstance(data, dict) and data.get("heated"):
+            data = {"zone": "reactor", "reactor": True, **data}
+        if isinstance(data, dict) and data.get("zone"):
+            data = {**data, "heated": True}
+        return data
 
 
 class RulesConfig(_Strict):
     equal_stream_flows: list[str] = Field(default_factory=list)
+    stream_ratios: dict[str, float] = Field(default_factory=dict, description=(
+        "flow of a stream relative to the first stream (staged injections), e.g. {shell = 0.5}"))
     carrier_pump: str | None = None
     carrier_ratio: float = Field(default=1.0, gt=0)
     min_total_precursor_flow: FlowULMin = Field(ge=0)
     volume_margin: float = Field(default=1.25, ge=1)
     tau_from_stream: str
     max_temperature: Celsius
+    ambient_temperature: Celsius = Field(default=22.0, description="temperature of unheated segments")
+    flush_flow: FlowULMin | None = Field(default=None, gt=0, description=(
+        "total solvent flow of a flush (reaction-time platforms); empty: min_total_precursor_flow"))
+
+    @field_validator("stream_ratios")
+    @classmethod
+    def _ratios(cls, value: dict[str, float]) -> dict[str, float]:
+        for name, ratio in value.items():
+            if not (math.isfinite(ratio) and ratio > 0):
+                raise ValueError(f"stream_ratios.{name} must be a positive number, got {ratio!r}")
+        return value
 
 
 class HeaterConfig(_Strict):
@@ -152,6 +183,7 @@ class HeaterConfig(_Strict):
     stable_band: Kelvins = Field(gt=0)
     stable_hold: Seconds = Field(ge=0)
     max_wait: Seconds = Field(gt=0)
+    setpoint: Celsius | None = Field(default=None, description="fixed setpoint of a zone no parameter sets")
     device: dict[str, Any] = Field(default_factory=dict)
 
 
@@ -183,9 +215,12 @@ class LightSourceConfig(_Strict):
     device: dict[str, Any] = Field(default_factory=dict)
 
 
-ParameterKind = Literal["temperature", "reaction_time", "fraction"]
-_KIND_DIMENSION = {"temperature": "temperature", "reaction_time": "time", "fraction": "fraction"}
-_KIND_UNIT = {"temperature": "degC", "reaction_time": "s", "fraction": "1"}
+ParameterKind = Literal["temperature", "reaction_time", "fraction", "flowrate"]
+_KIND_DIMENSION = {"temperature": "temperature", "reaction_time": "time", "fraction": "fraction",
+                   "flowrate": "volume/time"}
+_KIND_UNITS = {"temperature": {"degC": 1.0}, "reaction_time": {"s": 1.0, "min": 60.0}, "fraction": {"1": 1.0},
+               "flowrate": {"uL/min": 1.0, "mL/min": 1000.0, "mL/h": 1000.0 / 60.0}}
+"""Units each kind accepts, with the factor to the canonical unit (degC, s, 1, uL/min)."""
 
 
 class ParameterConfig(_Strict):
@@ -195,29 +230,45 @@ class ParameterConfig(_Strict):
     low: float
     high: float
     pump: str | None = None
+    zones: list[str] = Field(default_factory=list, description=(
+        "temperature: the heater zones it sets (empty: every zone); reaction_time: the zone whose "
+        "time it sets (empty: the reactor segments)"))
     description: str = ""
+
+    @property
+    def to_canonical(self) -> float:
+        """Factor from the parameter's unit to the canonical one (s, uL/min, ...)."""
+        return _KIND_UNITS[self.kind][self.unit]
 
     @model_validator(mode="after")
     def _check(self) -> ParameterConfig:
         dimension = _KIND_DIMENSION[self.kind]
-        if self.unit != _KIND_UNIT[self.kind]:
-            check_unit(self.unit, dimension)
-            raise ValueError(
-                f"parameter {self.name!r} of kind {self.kind!r} must use unit {_KIND_UNIT[self.kind]!r}, "
-                f"not {self.unit!r}"
-            )
+        allowed = _KIND_UNITS[self.kind]
+        if self.unit not in allowed:
+            if self.kind != "flowrate":
+                check_unit(self.unit, dimension)
+            units = f"unit {next(iter(allowed))!r}" if len(allowed) == 1 else f"one of the units {sorted(allowed)}"
+            raise ValueError(f"parameter {self.name!r} of kind {self.kind!r} must use {units}, not {self.unit!r}")
         if not (math.isfinite(self.low) and math.isfinite(self.high)) or self.low >= self.high:
             raise ValueError(f"parameter {self.name!r}: need finite low < high, got {self.low}..{self.high}")
-        if self.kind == "fraction":
-            if self.pump is None:
-                raise ValueError(f"fraction parameter {self.name!r} must name its pump")
-            if self.low < 0 or self.high > 1:
-                raise ValueError(f"fraction parameter {self.name!r} must stay within 0..1")
+        if self.kind in ("fraction", "flowrate") and self.pump is None:
+            raise ValueError(f"{self.kind} parameter {self.name!r} must name its pump")
+        if self.kind == "fraction" and (self.low < 0 or self.high > 1):
+            raise ValueError(f"fraction parameter {self.name!r} must stay within 0..1")
+        if self.kind == "flowrate" and self.low <= 0:
+            raise ValueError(f"flowrate parameter {self.name!r} must stay above 0 (a pump that may stop "
+                             "needs no parameter)")
+        if self.zones and self.kind not in ("temperature", "reaction_time"):
+            raise ValueError(f"parameter {self.name!r}: only temperature and reaction_time parameters name zones")
         return self
 
 
 class EquilibrationConfig(_Strict):
+    rule: Literal["tau_multiple", "rtd"] = Field(default="tau_multiple", description=(
+        "tau_multiple: t_E = tau_multiple x tau; rtd: t_E is when the step response of the path's "
+        "residence-time distribution reaches `washout` (long, well-mixed paths such as CSTR cascades)"))
     tau_multiple: float = Field(default=1.2, gt=0)
+    washout: float = Field(default=0.99, gt=0.5, lt=1.0)
     steady_check: bool = False
     steady_threshold: float = Field(default=0.02, gt=0)
     steady_readings: int = Field(default=3, ge=2)
@@ -246,6 +297,47 @@ class FeaturesConfig(_Strict):
     min_snr: float = Field(default=10.0, gt=0)
 
 
+class FluidConfig(_Strict):
+    """A fluid's properties for the regime numbers (each a quantity with its unit)."""
+
+    name: str
+    density: str = Field(description="e.g. '862 kg/m^3'")
+    viscosity: str = Field(description="e.g. '0.55 mPa*s'")
+    diffusivity: str | None = Field(default=None, description="of the precursor in this fluid, e.g. '1e-9 m^2/s'")
+
+    @model_validator(mode="after")
+    def _units(self) -> FluidConfig:
+        for what, dimension in (("density", "[mass]/[length]**3"), ("viscosity", "[mass]/[length]/[time]"),
+                                ("diffusivity", "[length]**2/[time]")):
+            text = getattr(self, what)
+            if text is not None and not parse_quantity(text).check(dimension):
+                raise ValueError(f"fluid {self.name!r}: {what} {text!r} does not have the units of {what}")
+        return self
+
+
+class RegimeRuleConfig(_Strict):
+    number: Literal["Re", "Pe", "Da", "Da_I", "Ca", "Bo", "We"]
+    min: float | None = None
+    max: float | None = None
+    action: Literal["warn", "reject"] = "warn"
+    source: str = ""
+
+
+class RegimeConfig(_Strict):
+    """Flow-regime checks at formulation: the fluids, the reactor tube and the rules (paper 002).
+
+    The numbers are computed at the first reactor segment for the total flow through it. `rules`
+    replace the defaults for each number they name."""
+
+    fluid: FluidConfig
+    carrier: FluidConfig | None = Field(default=None, description="segmented flow: the carrier phase")
+    interfacial_tension: str | None = Field(default=None, description="fluid against carrier, e.g. '8 mN/m'")
+    channel_diameter: Millimetres = Field(gt=0, description="reactor tube bore (a segment's inner_diameter wins)")
+    rate_constant: str | None = Field(default=None, description="reaction rate constant if known, e.g. '0.16 1/s'")
+    defaults: Literal["single_phase", "segmented", "none"] = "single_phase"
+    rules: list[RegimeRuleConfig] = Field(default_factory=list)
+
+
 class VirtualConfig(_Strict):
     seed: int = 0
     pump_response_time: Seconds = Field(default=2.0, ge=0)
@@ -272,7 +364,9 @@ class PlatformConfig(_Strict):
     streams: list[StreamConfig] = Field(min_length=1)
     path: list[SegmentConfig] = Field(min_length=1)
     rules: RulesConfig
-    heater: HeaterConfig
+    heater: HeaterConfig | None = Field(default=None, description="the single reactor heater (zone 'reactor')")
+    heaters: dict[str, HeaterConfig] = Field(default_factory=dict, description="heaters by zone name")
+    regime: RegimeConfig | None = None
     spectrometers: dict[Literal["pl", "abs"], SpectrometerConfig]
     light_sources: dict[Literal["pl", "abs"], LightSourceConfig]
     parameters: list[ParameterConfig] = Field(min_length=1)
@@ -282,6 +376,16 @@ class PlatformConfig(_Strict):
     virtual: VirtualConfig = VirtualConfig()
     source: str = Field(default="", description="file the config was read from")
     sha256: str = Field(default="", description="hash of the file bytes (provenance)")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _single_heater(cls, data: Any) -> Any:
+        """`[heater]` is the heater of zone "reactor"; `[heaters.<zone>]` names several."""
+        if isinstance(data, dict) and data.get("heater") and data.get("heaters"):
+            raise ValueError("give either [heater] (one reactor heater) or [heaters.<zone>], not both")
+        if isinstance(data, dict) and data.get("heater"):
+            data = {**data, "heaters": {"reactor": data["heater"]}}
+        return data
 
     @model_validator(mode="after")
     def _cross_references(self) -> PlatformConfig:
@@ -299,17 +403,12 @@ class PlatformConfig(_Strict):
                 raise ValueError(f"pumps[{i}].stream: pump {pump.name!r} feeds stream {pump.stream!r}; "
                                  f"known streams: {sorted(streams)}")
         for i, stream in enumerate(self.streams):
-            for name in [stream.balance_pump, *stream.solvent_pumps]:
+            for name in [*([stream.balance_pump] if stream.balance_pump else []), *stream.solvent_pumps]:
                 if name not in pumps or pumps[name].stream != stream.name:
                     raise ValueError(f"streams[{i}]: pump {name!r} is not a pump of stream {stream.name!r}")
         for name in self.rules.equal_stream_flows:
             if name not in streams:
                 raise ValueError(f"rules.equal_stream_flows names unknown stream {name!r}")
-        if len(streams) > 1 and set(self.rules.equal_stream_flows) != set(streams):
-            raise ValueError(
-                "with more than one stream, rules.equal_stream_flows must list every stream "
-                f"(streams: {sorted(streams)})"
-            )
         limit, why = temperature_limit(self.platform.tubing_material, self.platform.carrier_phase)
         if self.rules.max_temperature > limit:
             raise ValueError(f"rules.max_temperature ({self.rules.max_temperature:g} C) is above the {why}; "
@@ -319,30 +418,90 @@ class PlatformConfig(_Strict):
         carrier = self.rules.carrier_pump
         if carrier is not None and (carrier not in pumps or pumps[carrier].role != "carrier"):
             raise ValueError(f"rules.carrier_pump {carrier!r} is not a pump with role 'carrier'")
-        if sum(s.heated for s in self.path) != 1:
-            raise ValueError("path must have exactly one segment with heated = true (the reactor)")
+        self._check_path(streams)
         for role in ("pl", "abs"):
             if [s.detector for s in self.path].count(role) != 1:
                 raise ValueError(f"path must hold exactly one segment with detector = {role!r}")
+        self._check_parameters(pumps, streams)
+        return self
+
+    def _check_path(self, streams: dict[str, StreamConfig]) -> None:
+        segments = [seg.name for seg in self.path]
+        if not any(seg.reactor for seg in self.path):
+            raise ValueError("path needs at least one segment with reactor = true (or heated = true)")
+        used = {seg.zone for seg in self.path if seg.zone}
+        for zone in sorted(used - set(self.heaters)):
+            raise ValueError(f"path: zone {zone!r} has no heater; add [heaters.{zone}] (or [heater] for 'reactor')")
+        for zone in sorted(set(self.heaters) - used):
+            raise ValueError(f"heaters.{zone}: no path segment has zone = {zone!r}")
+        first_detector = min(i for i, seg in enumerate(self.path) if seg.detector)
+        for stream in self.streams:
+            if stream.joins_at is None:
+                continue
+            if stream.joins_at not in segments:
+                raise ValueError(f"streams: {stream.name!r} joins at unknown segment {stream.joins_at!r}; "
+                                 f"path segments: {segments}")
+            if segments.index(stream.joins_at) > first_detector:
+                raise ValueError(f"streams: {stream.name!r} joins after the first detector; move it upstream")
+            if self.rules.carrier_pump:
+                raise ValueError("staged injections (joins_at) are for single-phase paths, not with a carrier")
+        if streams[self.rules.tau_from_stream].joins_at is not None:
+            raise ValueError("rules.tau_from_stream must name a stream that joins at the first junction")
+        for name in self.rules.stream_ratios:
+            if name not in streams:
+                raise ValueError(f"rules.stream_ratios names unknown stream {name!r}")
+        if self.platform.kind != "virtual" and len(self.heaters) > 1:
+            raise ValueError("driver-based rigs support one heater for now; several zones run on virtual platforms")
+
+    def _check_parameters(self, pumps: dict[str, PumpConfig], streams: dict[str, StreamConfig]) -> None:
         kinds = [p.kind for p in self.parameters]
-        for kind in ("temperature", "reaction_time"):
-            if kinds.count(kind) != 1:
-                raise ValueError(f"parameters need exactly one of kind {kind!r}, found {kinds.count(kind)}")
+        n_time, n_flow = kinds.count("reaction_time"), kinds.count("flowrate")
+        if n_flow and (n_time or "fraction" in kinds):
+            raise ValueError("parameters: flowrate parameters set the pumps directly; they cannot be mixed "
+                             "with reaction_time or fraction parameters")
+        if not n_flow and n_time != 1:
+            raise ValueError(f"parameters need exactly one of kind 'reaction_time' (or flowrate parameters), "
+                             f"found {n_time}")
+        if n_time:
+            for stream in self.streams:
+                if stream.balance_pump is None:
+                    raise ValueError(f"streams: {stream.name!r} needs a balance_pump (the pump that makes up "
+                                     "its flow when fractions set the others)")
+            leader = self.rules.equal_stream_flows[0] if self.rules.equal_stream_flows else self.streams[0].name
+            paced = set(self.rules.equal_stream_flows) | set(self.rules.stream_ratios) | {leader}
+            if set(streams) - paced:
+                raise ValueError(
+                    "with more than one stream, rules.equal_stream_flows or rules.stream_ratios must set every "
+                    f"stream's flow (streams: {sorted(streams)}; not set: {sorted(set(streams) - paced)})")
+        zones_set: dict[str, str] = {}
         set_by: dict[str, str] = {}
         for i, param in enumerate(self.parameters):
             where = f"parameters[{i}]"
-            if param.kind == "temperature" and param.high > self.rules.max_temperature:
-                raise ValueError(f"{where}: {param.name!r} goes up to {param.high:g} C, above "
-                                 f"rules.max_temperature ({self.rules.max_temperature:g} C)")
-            if param.kind == "fraction":
+            if param.kind == "temperature":
+                if not self.heaters:
+                    raise ValueError(f"{where}: {param.name!r} sets a temperature but the platform has no heater")
+                if param.high > self.rules.max_temperature:
+                    raise ValueError(f"{where}: {param.name!r} goes up to {param.high:g} C, above "
+                                     f"rules.max_temperature ({self.rules.max_temperature:g} C)")
+                for zone in param.zones or list(self.heaters):
+                    if zone not in self.heaters:
+                        raise ValueError(f"{where}: {param.name!r} sets unknown zone {zone!r}; zones: "
+                                         f"{sorted(self.heaters)}")
+                    if zone in zones_set:
+                        raise ValueError(f"{where}: zone {zone!r} is set by {zones_set[zone]!r} and {param.name!r}")
+                    zones_set[zone] = param.name
+            if param.kind == "reaction_time" and param.zones:
+                if len(param.zones) != 1 or param.zones[0] not in self.heaters:
+                    raise ValueError(f"{where}: {param.name!r} must name one heater zone, got {param.zones}")
+            if param.kind in ("fraction", "flowrate"):
                 pump = pumps.get(param.pump or "")
                 if pump is None:
                     raise ValueError(f"{where}: parameter {param.name!r} names unknown pump {param.pump!r}; "
                                      f"known pumps: {sorted(pumps)}")
                 if pump.role != "reagent":
                     raise ValueError(f"{where}: parameter {param.name!r} names the {pump.role} pump {pump.name!r}; "
-                                     "fractions set reagent pumps (the carrier follows the precursor flow)")
-                if pump.name == streams[pump.stream].balance_pump:
+                                     "parameters set reagent pumps (the carrier follows the precursor flow)")
+                if param.kind == "fraction" and pump.name == streams[pump.stream].balance_pump:
                     raise ValueError(
                         f"{where}: parameter {param.name!r} sets the balance pump {pump.name!r}, whose flow is computed"
                     )
@@ -350,7 +509,13 @@ class PlatformConfig(_Strict):
                     raise ValueError(f"{where}: parameters {set_by[pump.name]!r} and {param.name!r} both set "
                                      f"pump {pump.name!r}; give each pump one parameter")
                 set_by[pump.name] = param.name
-        return self
+        for zone, heater in self.heaters.items():
+            if zone not in zones_set and heater.setpoint is None:
+                raise ValueError(f"heaters.{zone}: no temperature parameter sets this zone; give it a setpoint")
+        if n_flow:
+            unset = [p.name for p in self.pumps if p.role == "reagent" and p.name not in set_by]
+            if unset:
+                raise ValueError(f"parameters: with flowrate parameters every reagent pump needs one; not set: {unset}")
 
     # --- convenience views -------------------------------------------------------------
     def pump(self, name: str) -> PumpConfig:
@@ -368,7 +533,18 @@ class PlatformConfig(_Strict):
 
     @property
     def reactor(self) -> SegmentConfig:
-        return next(s for s in self.path if s.heated)
+        """The first reactor segment."""
+        return next(s for s in self.path if s.reactor)
+
+    @property
+    def reactor_volume(self) -> float:
+        """Volume of all reactor segments (uL)."""
+        return sum(s.volume for s in self.path if s.reactor)
+
+    @property
+    def flow_mode(self) -> bool:
+        """True when flowrate parameters set the pumps (no reaction-time parameter)."""
+        return any(p.kind == "flowrate" for p in self.parameters)
 
     def validate_condition(self, condition: dict[str, float]) -> dict[str, float]:
         """Check names, types and bounds of a condition; return it as plain floats in space order."""

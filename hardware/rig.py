@@ -30,9 +30,12 @@ class Rig:
     platform: PlatformConfig
     clock: Clock
     pumps: dict[str, SyringePump]
-    heater: TemperatureController
+    heater: TemperatureController | None
+    """The heater of the reactor zone (None on a room-temperature platform)."""
     spectrometers: dict[str, Spectrometer]
     light_sources: dict[str, LightSource]
+    heaters: dict[str, TemperatureController] = field(default_factory=dict)
+    """Every heater, by zone (a CSTR cascade has one per stage)."""
     lab: object | None = None
     """The VirtualLab behind a virtual rig (None for real hardware)."""
     lock: threading.RLock = field(default_factory=threading.RLock)
@@ -42,11 +45,22 @@ class Rig:
     """Driver-based rigs: the `hardware.instruments.Instruments` to close (and their emulators)."""
     _making_safe: bool = False
 
+    def __post_init__(self) -> None:
+        if not self.heaters and self.heater is not None:
+            self.heaters = {"reactor": self.heater}
+
     def close(self) -> None:
         """Safe state, then close every driver and emulator."""
         self.safe_state()
         if self.instruments is not None:
             self.instruments.close()
+
+    def all_heaters(self) -> list[TemperatureController]:
+        """Every heater once (the reactor heater is also in `heaters`)."""
+        out = list(self.heaters.values())
+        if self.heater is not None and not any(h is self.heater for h in out):
+            out.insert(0, self.heater)
+        return out
 
     @property
     def name(self) -> str:
@@ -73,8 +87,9 @@ class Rig:
         self._making_safe = True
         try:
             problems = [f"pump {n} did not confirm stop" for n in self.stop_pumps()]
-            if not _attempt(self.heater.standby):
-                problems.append(f"heater {self.heater.name} did not confirm standby")
+            for heater in self.all_heaters():
+                if not _attempt(heater.standby):
+                    problems.append(f"heater {heater.name} did not confirm standby")
             for role, source in self.light_sources.items():
                 if not _attempt(source.off):
                     problems.append(f"light source {role} did not confirm off")
@@ -140,6 +155,7 @@ def virtual_rig(platform: PlatformConfig, seed: int | None = None) -> Rig:
         clock=lab.clock,
         pumps=dict(lab.pumps),
         heater=lab.heater,
+        heaters=dict(lab.heaters),
         spectrometers=dict(lab.spectrometers),
         light_sources=dict(lab.light_sources),
         lab=lab,
@@ -167,6 +183,7 @@ def _guarded_rig(platform, instruments, clock, lab) -> Rig:
               instruments=instruments)
     rig.pumps = {n: SafeOnFatal(p, rig) for n, p in instruments.pumps.items()}
     rig.heater = SafeOnFatal(instruments.heater, rig)
+    rig.heaters = {"reactor": rig.heater}
     rig.spectrometers = {r: SafeOnFatal(s, rig) for r, s in instruments.spectrometers.items()}
     rig.light_sources = {r: SafeOnFatal(s, rig) for r, s in instruments.light_sources.items()}
     return rig

@@ -33,10 +33,34 @@ class EquilibrationReport:
     """None without a spectral check; else whether the spectra settled before the limit."""
     steady_extra_wait_s: float = 0.0
     steady_changes: list[float] = field(default_factory=list)
+    zone_temperatures_c: dict[str, float] = field(default_factory=dict)
+    """Each heater zone's reading once t_E has passed."""
     t_done_s: float = 0.0
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+def zone_setpoints(rig: Rig, formulation: Formulation) -> dict[str, float]:
+    """Setpoint of each heater of the rig for this formulation."""
+    if formulation.temperatures_c:
+        return {zone: formulation.temperatures_c[zone] for zone in rig.heaters}
+    return {zone: formulation.temperature_c for zone in rig.heaters}
+
+
+def heat_zones(rig: Rig, formulation: Formulation, poll_s: float = HEATER_POLL_S) -> float:
+    """Set every heater zone, then wait until each is stable. Returns the total wait (s).
+
+    All setpoints go out first so the zones heat together; a room-temperature rig waits 0 s."""
+    start = rig.clock.now()
+    setpoints = zone_setpoints(rig, formulation)
+    for zone, setpoint in setpoints.items():
+        rig.heaters[zone].set_setpoint(setpoint)
+    for zone, setpoint in setpoints.items():
+        cfg = rig.platform.heaters[zone]
+        wait_heater_stable(rig.heaters[zone], rig.clock, setpoint, cfg.stable_band, cfg.stable_hold,
+                           cfg.max_wait, poll_s)
+    return rig.clock.now() - start
 
 
 def wait_heater_stable(
@@ -118,19 +142,17 @@ def equilibrate(rig: Rig, formulation: Formulation, steady_check: bool | None = 
     module provides it.
     """
     cfg = rig.platform
-    heater_cfg = cfg.heater
-    heater_wait = wait_heater_stable(
-        rig.heater, rig.clock, formulation.temperature_c, heater_cfg.stable_band,
-        heater_cfg.stable_hold, heater_cfg.max_wait,
-    )
+    heater_wait = heat_zones(rig, formulation)
     t_on = start_pumps(rig, formulation)
     eq = cfg.equilibration
     wait_on_clock(rig, formulation, formulation.t_E_s, eq.poll_interval)
+    zones = {zone: heater.read_temperature() for zone, heater in rig.heaters.items()}
     report = EquilibrationReport(
         heater_wait_s=heater_wait,
-        temperature_c=rig.heater.read_temperature(),
+        temperature_c=rig.heater.read_temperature() if rig.heater is not None else cfg.rules.ambient_temperature,
         t_pumps_on_s=t_on,
         t_E_s=formulation.t_E_s,
+        zone_temperatures_c=zones,
     )
     check = eq.steady_check if steady_check is None else steady_check
     if check:

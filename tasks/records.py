@@ -96,9 +96,18 @@ def experiment_row(
         row.update(
             precursor_flow_ul_min=formulation.precursor_flow_ul_min,
             carrier_flow_ul_min=formulation.carrier_flow_ul_min,
+            t_R_s=formulation.reaction_time_s,
             tau_s=formulation.tau_s,
             t_E_s=formulation.t_E_s,
+            rtd_tanks=formulation.rtd_tanks if np.isfinite(formulation.rtd_tanks) else None,
         )
+        for zone, value in formulation.temperatures_c.items():
+            row[f"zone_{zone}_temperature_c"] = value
+        for zone, value in formulation.zone_times_s.items():
+            row[f"zone_{zone}_time_s"] = value
+        if formulation.regime:
+            row.update({f"regime_{k}": v for k, v in formulation.regime["numbers"].items()})
+            row["regime_warnings"] = "; ".join(formulation.regime["warnings"]) or None
     elif condition:
         known = set(platform.parameter_names)
         row.update({k: float(v) for k, v in condition.items() if k in known and _is_number(v)})

@@ -445,3 +445,39 @@ def best_fit_diameter(fluid: Fluid, points: list[tuple[float, float]]) -> tuple[
         implied.append(4.0 * fluid.density_kg_m3 * q / (math.pi * fluid.viscosity_pa_s * r))
     lo, hi = min(implied), max(implied)
     return (lo + hi) / 2.0, (hi - lo) / (hi + lo)
+
+
+# --- a platform's [regime] table -----------------------------------------------------------------
+
+
+def fluid_from_config(cfg, interfacial_tension: str | None = None) -> Fluid:
+    """A `Fluid` from a platform's fluid table (quantities with units)."""
+    return Fluid(
+        name=cfg.name,
+        density_kg_m3=si(cfg.density, "kg/m^3"),
+        viscosity_pa_s=si(cfg.viscosity, "Pa*s"),
+        diffusivity_m2_s=si(cfg.diffusivity, "m^2/s") if cfg.diffusivity else None,
+        interfacial_tension_n_m=si(interfacial_tension, "N/m") if interfacial_tension else None,
+    )
+
+
+def rules_from_config(cfg) -> list[RegimeRule]:
+    """The platform's rules: the defaults it picks, with every number it names replaced by its own."""
+    defaults = {"single_phase": default_rules_single_phase, "segmented": default_rules_segmented,
+                "none": list}[cfg.defaults]()
+    own = [RegimeRule(r.number, r.min, r.max, r.action, r.source or "platform config") for r in cfg.rules]
+    named = {r.number for r in own}
+    return [r for r in defaults if r.number not in named] + own
+
+
+def platform_regime(cfg, diameter_mm: float | None, flow_ul_min: float, reaction_time_s: float) -> RegimeReport:
+    """Regime numbers and rule breaches for `flow_ul_min` through the reactor tube.
+
+    `cfg` is the platform's RegimeConfig; `diameter_mm` a segment's own bore (else the table's)."""
+    fluid = fluid_from_config(cfg.fluid, cfg.interfacial_tension)
+    carrier = fluid_from_config(cfg.carrier) if cfg.carrier else None
+    channel = Channel((diameter_mm or cfg.channel_diameter) * 1e-3, name="reactor tube")
+    rate = si(cfg.rate_constant, "1/s") if cfg.rate_constant else None
+    numbers = regime_numbers(fluid, channel, ul_per_min_to_m3_s(flow_ul_min), carrier=carrier,
+                             rate_constant_per_s=rate, residence_time_s=reaction_time_s)
+    return check_regime(numbers, rules_from_config(cfg))

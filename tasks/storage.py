@@ -52,7 +52,9 @@ BASE_FIELDS = [
     pa.field("t_pumps_on_s", pa.float64()),
     pa.field("t_first_spectrum_s", pa.float64()),
 ]
-FORMULATION_FIELDS = ["precursor_flow_ul_min", "carrier_flow_ul_min", "tau_s", "t_E_s"]
+FORMULATION_FIELDS = ["precursor_flow_ul_min", "carrier_flow_ul_min", "t_R_s", "tau_s", "t_E_s", "rtd_tanks"]
+REGIME_NUMBERS = ["Re", "Pe", "Da", "Da_I", "Ca", "Bo", "We"]
+"""Flow-regime numbers recorded per experiment as regime_<number> (null when not computed)."""
 RUN_FIELDS = [
     pa.field("temperature_measured_c", pa.float64()),
     pa.field("heater_wait_s", pa.float64()),
@@ -92,6 +94,10 @@ def experiment_schema(platform: PlatformConfig, feature_columns: list[str]) -> p
     fields += [pa.field(p.name, pa.float64()) for p in platform.parameters]
     fields += [pa.field(f"q_{p.name}_ul_min", pa.float64()) for p in platform.pumps]
     fields += [pa.field(name, pa.float64()) for name in FORMULATION_FIELDS]
+    for zone in platform.heaters:
+        fields += [pa.field(f"zone_{zone}_temperature_c", pa.float64()), pa.field(f"zone_{zone}_time_s", pa.float64())]
+    fields += [pa.field(f"regime_{name}", pa.float64()) for name in REGIME_NUMBERS]
+    fields += [pa.field("regime_warnings", pa.string())]
     fields += RUN_FIELDS
     fields += feature_fields(feature_columns)
     return pa.schema(fields)

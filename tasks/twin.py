@@ -17,6 +17,7 @@ import pandas as pd
 from scipy import optimize
 
 from hardware.platform import PlatformConfig
+from hardware.virtual.chemistry import ReactorState, ZoneState
 from hardware.virtual.lab import VirtualLab
 from tasks.features import FeatureSettings, extract_features
 from tasks.formulation import formulate
@@ -49,21 +50,23 @@ class DigitalTwin:
         flows = {p.name: np.array([plan.flows_ul_min[p.name] for plan in plans]) for p in self.platform.pumps}
         temperature = np.array([plan.temperature_c for plan in plans])
         reaction_time = np.array([plan.reaction_time_s for plan in plans])
-        pl, sample, reference = self.lab.steady_state_signals(flows, temperature, reaction_time)
+        zones = {zone: ZoneState(np.array([plan.temperatures_c[zone] for plan in plans]),
+                                 np.array([plan.zone_times_s[zone] for plan in plans]))
+                 for zone in self.platform.heaters}
+        pl, sample, reference = self.lab.steady_state_signals(flows, temperature, reaction_time, zones)
         absorbance = -np.log10(np.clip(sample / reference, 1e-6, None))
         wl_pl = self.lab.spectrometers["pl"].wavelengths()
         wl_abs = self.lab.spectrometers["abs"].wavelengths()
         table = extract_features(wl_pl, pl, absorbance, self.settings, abs_wavelengths_nm=wl_abs)
-        truths = self.truths(flows, temperature, reaction_time)
+        truths = self.truths(flows, temperature, reaction_time, zones)
         return pd.concat([pd.DataFrame(rows), table, truths], axis=1)
 
-    def truths(self, flows, temperature, reaction_time) -> pd.DataFrame:
-        from hardware.virtual.chemistry import ReactorState
+    def truths(self, flows, temperature, reaction_time, zones=None) -> pd.DataFrame:
         from hardware.virtual.transport import mix_stocks
 
         reagents = {n: q for n, q in flows.items() if self.platform.pump(n).role == "reagent"}
         molar, fraction = mix_stocks(self.platform, reagents)
-        state = ReactorState(molar, fraction, temperature, reaction_time, sum(reagents.values()))
+        state = ReactorState(molar, fraction, temperature, reaction_time, sum(reagents.values()), dict(zones or {}))
         extras = self.lab.chemistry.outcome(state).extras
         return pd.DataFrame({k: np.broadcast_to(np.asarray(v, dtype=float), temperature.shape)
                              for k, v in extras.items()})

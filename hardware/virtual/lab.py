@@ -8,10 +8,11 @@ benchmarks may also ask the lab for noiseless steady-state spectra (`steady_stat
 from __future__ import annotations
 
 import numpy as np
+from scipy import stats
 
 from hardware.clock import SimClock
 from hardware.platform import PlatformConfig
-from hardware.virtual.chemistry import OpticalOutcome, ReactorState, load_chemistry
+from hardware.virtual.chemistry import OpticalOutcome, ReactorState, ZoneState, load_chemistry
 from hardware.virtual.devices import VirtualHeater, VirtualLightSource, VirtualPump, VirtualSpectrometer
 from hardware.virtual.faults import FaultInjector, FaultPlan
 from hardware.virtual.optics import (
@@ -22,7 +23,7 @@ from hardware.virtual.optics import (
     led_spectrum,
     render_bands,
 )
-from hardware.virtual.transport import FlowPath, mix_stocks
+from hardware.virtual.transport import CascadePath, flow_path, mix_stocks
 
 PL_GAIN_CPS = 4.0e8
 """Counts per second at the PL detector per unit of emission density, LED on."""
@@ -48,13 +49,17 @@ class VirtualLab:
         self.faults = FaultInjector((faults or v.faults).model_copy(), self.seed)
         self.chemistry = load_chemistry(platform.chemistry.model, platform.chemistry.options, source=platform.source)
         self._check_species()
-        self.path = FlowPath(platform, v.pump_response_time)
+        self.path = flow_path(platform, v.pump_response_time)
         plan = self.faults.plan
         self.pumps = {
             p.name: VirtualPump(p, self, plan.empty_fill_ul if plan.empty_pump == p.name else None)
             for p in platform.pumps
         }
-        self.heater = VirtualHeater(platform.heater, platform.rules.max_temperature, self)
+        self.heaters = {zone: VirtualHeater(cfg, platform.rules.max_temperature, self)
+                        for zone, cfg in platform.heaters.items()}
+        reactor_zone = platform.reactor.zone
+        self.heater = self.heaters[reactor_zone] if reactor_zone else None
+        """The heater of the reactor zone (None at room temperature)."""
         self.light_sources = {role: VirtualLightSource(cfg, self) for role, cfg in platform.light_sources.items()}
         self.spectrometers = {role: VirtualSpectrometer(role, cfg, self) for role, cfg in platform.spectrometers.items()}
         self.detectors = {
@@ -65,6 +70,11 @@ class VirtualLab:
         self._visits: list[tuple[float, float]] = []
         self._last_droplets_formed = np.zeros(0)
         self._clog_handled = False
+
+    @property
+    def excitation_nm(self) -> float:
+        """Centre of the PL excitation source (300 nm when the config does not say)."""
+        return self.platform.light_sources["pl"].wavelength or 300.0
 
     def _check_species(self) -> None:
         from hardware.errors import PlatformConfigError
@@ -185,12 +195,20 @@ class VirtualLab:
         state = ReactorState(
             molar_mM={k: v * ageing * faults.stock_factor(k, drops.formed_s) for k, v in drops.molar_mM.items()},
             volume_fraction={k: v * faults.stock_factor(k, drops.formed_s) for k, v in drops.volume_fraction.items()},
-            temperature_c=self.heater.temperature_at(drops.reactor_mid_s),
+            temperature_c=self.temperature_at(self.platform.reactor.zone, drops.reactor_mid_s),
             reaction_time_s=drops.reaction_time_s,
             precursor_flow_ul_min=drops.precursor_flow_ul_min,
+            zones={zone: ZoneState(self.temperature_at(zone, drops.zone_mid_s[zone]), drops.zone_time_s[zone])
+                   for zone in drops.zone_time_s},
         )
         outcome = faults.apply_plqy_drift(self.chemistry.outcome(state), drops.formed_s)
         return outcome, drops.weight, drops.blank, drops.reactive_fraction
+
+    def temperature_at(self, zone: str | None, t: np.ndarray) -> np.ndarray:
+        """Temperature of a heater zone at times `t`; ambient where there is no heater."""
+        if zone is None:
+            return np.full(np.shape(t), self.platform.rules.ambient_temperature, dtype=float)
+        return self.heaters[zone].temperature_at(t)
 
     def signal_cps(self, role: str) -> np.ndarray:
         """Light on the detector of `role` now, in counts per second (before detector noise)."""
@@ -203,7 +221,8 @@ class VirtualLab:
         live = weights * (~blank)
         if role == "pl":
             flicker = 1.0 + self._ou("pl", v.pl_noise)  # excitation LED output
-            return flicker * pl_signal(wl, outcome, live, reactive, amount, self.platform.spectrometers["pl"].resolution)
+            return flicker * pl_signal(wl, outcome, live, reactive, amount, self.platform.spectrometers["pl"].resolution,
+                                       self.excitation_nm)
         hours = self.clock.now() / 3600.0
         lamp = 1.0 - v.lamp_drift_per_hour * hours
         offsets = np.where(blank, 0.0, self.visit_offsets(self._last_droplets_formed))
@@ -211,11 +230,44 @@ class VirtualLab:
                           self.platform.spectrometers["abs"].resolution, lamp, offsets)
 
     # --- noiseless steady state, for tests and benchmarks --------------------------------
-    def steady_state_signals(self, flows_ul_min: dict[str, np.ndarray], temperature_c, reaction_time_s):
+    def _rtd_averaged_signals(self, flows_ul_min, temperature_c, reaction_time_s, zones, nodes: int = 32):
+        """Steady-state signals averaged over the zones' time distributions (gamma, equal-weight nodes)."""
+        m = np.atleast_1d(np.asarray(reaction_time_s, dtype=float)).size
+        names = sorted(zones)
+        u = np.clip(stats.qmc.Sobol(d=len(names), scramble=True, seed=7).random(nodes), 1e-6, 1 - 1e-6)
+        reaction_zone = next((p.zones[0] for p in self.platform.parameters if p.kind == "reaction_time" and p.zones),
+                             None)
+        spread = {}
+        for j, zone in enumerate(names):
+            n = zone_tanks(self.platform, zone)
+            mean = np.atleast_1d(np.asarray(zones[zone].time_s, dtype=float))
+            spread[zone] = (mean[:, None] * stats.gamma.ppf(u[:, j], a=n, scale=1.0 / n)[None, :]).ravel()
+
+        def repeat(a):
+            return np.repeat(np.broadcast_to(np.atleast_1d(np.asarray(a, dtype=float)), (m,)), nodes)
+
+        node_zones = {z: ZoneState(repeat(zones[z].temperature_c), spread[z]) for z in names}
+        time = spread[reaction_zone] if reaction_zone in spread else repeat(reaction_time_s)
+        pl, sample, reference = self._signals_at(
+            {k: repeat(v) for k, v in flows_ul_min.items()}, repeat(temperature_c), time, node_zones)
+        shape = (m, nodes, -1)
+        return pl.reshape(shape).mean(axis=1), sample.reshape(shape).mean(axis=1), reference[:m]
+
+    def steady_state_signals(self, flows_ul_min: dict[str, np.ndarray], temperature_c, reaction_time_s,
+                             zones: dict[str, ZoneState] | None = None):
         """Noiseless PL and absorbance signals (cps) at steady state for many conditions at once.
 
+        `zones` gives the temperature and mean time of each heater zone (multi-stage platforms).
+        On a path of stirred tanks the product is a mix of elements that stayed shorter and
+        longer than the mean; the signals are then averaged over that distribution (what a
+        perfect measurement would see), not taken at the mean times.
         Returns (pl_cps, abs_sample_cps, abs_reference_cps), each of shape (m, pixels).
         """
+        if zones and isinstance(self.path, CascadePath):
+            return self._rtd_averaged_signals(flows_ul_min, temperature_c, reaction_time_s, zones)
+        return self._signals_at(flows_ul_min, temperature_c, reaction_time_s, zones)
+
+    def _signals_at(self, flows_ul_min, temperature_c, reaction_time_s, zones):
         reagents = {n: np.atleast_1d(np.asarray(q, dtype=float)) for n, q in flows_ul_min.items()
                     if self.platform.pump(n).role == "reagent"}
         precursor = sum(reagents.values())
@@ -223,14 +275,15 @@ class VirtualLab:
         carrier_flow = np.atleast_1d(np.asarray(flows_ul_min.get(carrier, 0.0), dtype=float)) if carrier else 0.0
         molar, fraction = mix_stocks(self.platform, reagents)
         state = ReactorState(molar, fraction, np.atleast_1d(temperature_c).astype(float),
-                             np.atleast_1d(reaction_time_s).astype(float), precursor)
+                             np.atleast_1d(reaction_time_s).astype(float), precursor, dict(zones or {}))
         outcome = self.chemistry.outcome(state)
         m = precursor.size
         ones = np.ones(m)
         reactive = precursor / (precursor + carrier_flow)
         wl_pl = self.spectrometers["pl"].wavelengths()
         wl_abs = self.spectrometers["abs"].wavelengths()
-        pl = pl_signal(wl_pl, outcome, ones, reactive, 1.0, self.platform.spectrometers["pl"].resolution, per_droplet=True)
+        pl = pl_signal(wl_pl, outcome, ones, reactive, 1.0, self.platform.spectrometers["pl"].resolution,
+                       self.excitation_nm, per_droplet=True)
         res = self.platform.spectrometers["abs"].resolution
         sample = abs_signal(wl_abs, outcome, ones, ones, reactive, 1.0, res, 1.0, 0.0, per_droplet=True)
         blank = OpticalOutcome(emission=[], absorption=[])
@@ -238,14 +291,20 @@ class VirtualLab:
         return pl, sample, np.broadcast_to(reference, sample.shape)
 
 
-def pl_signal(wl, outcome, live, reactive, amount, resolution_nm, per_droplet=False):
+def zone_tanks(platform, zone: str) -> float:
+    """Equivalent tanks in series of one zone: (sum V)^2 / sum(V^2 / n) over its segments."""
+    segs = [s for s in platform.path if s.zone == zone]
+    return sum(s.volume for s in segs) ** 2 / sum(s.volume**2 / s.dispersion_tanks for s in segs)
+
+
+def pl_signal(wl, outcome, live, reactive, amount, resolution_nm, excitation_nm=300.0, per_droplet=False):
     """PL counts/s: each droplet emits in proportion to the excitation it absorbs."""
-    a_exc = absorbance_per_cm(np.array([300.0]), outcome)[:, 0] * FLOW_CELL_PATH_CM * amount
+    a_exc = absorbance_per_cm(np.array([excitation_nm]), outcome)[:, 0] * FLOW_CELL_PATH_CM * amount
     absorbed = 1.0 - 10.0 ** (-a_exc)
     emission = render_bands(wl, outcome.emission, resolution_nm)
     per = (live * reactive * absorbed)[:, None] * emission * PL_GAIN_CPS
     turbidity = np.clip(np.atleast_1d(outcome.scattering_at_400nm), 0, None)
-    scatter = PL_GAIN_CPS * 1e-6 * (0.5 + 50.0 * turbidity)[:, None] * led_spectrum(wl)[None, :]
+    scatter = PL_GAIN_CPS * 1e-6 * (0.5 + 50.0 * turbidity)[:, None] * led_spectrum(wl, excitation_nm)[None, :]
     if per_droplet:
         signal = per + scatter
     else:

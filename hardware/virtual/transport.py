@@ -102,6 +102,14 @@ def mix_stocks(platform: PlatformConfig, rates: dict[str, float | np.ndarray]) -
     return molar, fraction
 
 
+def _reaction_segments(platform: PlatformConfig) -> list[int]:
+    """Segments whose time is the reaction time (mirrors tasks.formulation.reaction_segments)."""
+    zones = next((p.zones for p in platform.parameters if p.kind == "reaction_time"), [])
+    if zones:
+        return [i for i, seg in enumerate(platform.path) if seg.zone == zones[0]]
+    return [i for i, seg in enumerate(platform.path) if seg.reactor]
+
+
 def invert_monotone(times: np.ndarray, values: np.ndarray, targets: np.ndarray) -> np.ndarray:
     """First time at which a non-decreasing sampled function reaches each target."""
     idx = np.searchsorted(values, targets, side="left")
@@ -129,6 +137,26 @@ class Droplets:
     precursor_flow_ul_min: np.ndarray
     reactive_fraction: np.ndarray
     """Share of the tube volume that is reactive phase (the rest is carrier)."""
+    zone_time_s: dict[str, np.ndarray] = field(default_factory=dict)
+    """Time each droplet spent in each heater zone."""
+    zone_mid_s: dict[str, np.ndarray] = field(default_factory=dict)
+    """Time at the middle of each droplet's stay in each zone (for the zone's temperature)."""
+
+
+def segment_times(platform: PlatformConfig, entry: np.ndarray, exit_: np.ndarray, reaction: list[int]):
+    """Reaction time, its mid-time and per-zone (time, mid-time) from each segment's entry/exit times.
+
+    `entry` and `exit_` have shape (segments, droplets)."""
+    stay = np.maximum(exit_ - entry, 0.0)
+    t_R = stay[reaction].sum(axis=0)
+    mid_R = entry[reaction[0]] + 0.5 * (exit_[reaction[-1]] - entry[reaction[0]])
+    zone_time, zone_mid = {}, {}
+    for zone in sorted({seg.zone for seg in platform.path if seg.zone}):
+        rows = [i for i, seg in enumerate(platform.path) if seg.zone == zone and i < len(entry)]
+        if rows:
+            zone_time[zone] = stay[rows].sum(axis=0)
+            zone_mid[zone] = entry[rows[0]] + 0.5 * (exit_[rows[-1]] - entry[rows[0]])
+    return t_R, mid_R, zone_time, zone_mid
 
 
 class FlowPath:
@@ -144,8 +172,10 @@ class FlowPath:
         self.species_fraction = sorted({k for s in platform.stocks.values() for k in s.volume_fraction})
         # Post-junction geometry, cumulative volumes along the path.
         edges = np.cumsum([0.0] + [s.volume for s in platform.path])
-        self._reactor_start = edges[[s.heated for s in platform.path].index(True)]
-        self._reactor_volume = platform.reactor.volume
+        self._edges = edges
+        self._reaction = _reaction_segments(platform)
+        self._timed = max([*self._reaction, *[i for i, seg in enumerate(platform.path) if seg.zone]])
+        """Last segment whose crossing times matter (reaction or zone)."""
         self._cells = {}
         for i, seg in enumerate(platform.path):
             if seg.detector:
@@ -225,8 +255,11 @@ class FlowPath:
         grid = self._time_grid(t, p_now - float(offsets[-1]))
         p_grid = self.post_volume(grid)
         formed = invert_monotone(grid, p_grid, np.maximum(p0, 0.0))
-        left = invert_monotone(grid, p_grid, np.maximum(p0, 0.0) + self._reactor_volume)
-        reaction_time = np.maximum(left - formed, 0.0)
+        # Plug flow in volume: a droplet crosses edge k when p0 + edge_k has gone in.
+        crossings = np.array([invert_monotone(grid, p_grid, np.maximum(p0, 0.0) + e)
+                              for e in self._edges[: self._timed + 2]])
+        reaction_time, reactor_mid, zone_time, zone_mid = segment_times(
+            self.platform, crossings[:-1], crossings[1:], self._reaction)
 
         molar = {k: np.zeros(DROPLET_NODES) for k in self.species_molar}
         fraction = {k: np.zeros(DROPLET_NODES) for k in self.species_fraction}
@@ -249,9 +282,11 @@ class FlowPath:
             molar_mM=molar,
             volume_fraction=fraction,
             reaction_time_s=reaction_time,
-            reactor_mid_s=formed + 0.5 * reaction_time,
+            reactor_mid_s=reactor_mid,
             precursor_flow_ul_min=precursor * 60.0,
             reactive_fraction=np.where(blank, 0.5, reactive),
+            zone_time_s=zone_time,
+            zone_mid_s=zone_mid,
         )
 
     def _time_grid(self, t: float, oldest_volume: float) -> np.ndarray:
@@ -290,3 +325,100 @@ class FlowPath:
         if q_stream <= 0 or q_post <= 0:
             return float("inf")
         return stream.line_volume / q_stream + mean / q_post
+
+
+class CascadePath(FlowPath):
+    """A single-phase path with staged injections (a stream that joins part-way, such as the shell
+    precursor of a CSTR cascade).
+
+    The flow grows at each injection, so one volume coordinate no longer describes the path.
+    Instead each sampled fluid element is followed backwards from the flow cell, segment by
+    segment: in segment i it had to see X_i of liquid pass, X_i drawn from the segment's
+    tanks-in-series distribution (exponential with mean V_i for one stirred tank), counted in
+    that segment's own throughput. This is exact for stirred tanks under any flow history. Where
+    a stream joins, the element takes on the injected liquid in proportion to the two flows at
+    that moment. The draws are a fixed scrambled Sobol set, so readings are smooth in time.
+    """
+
+    def __init__(self, platform: PlatformConfig, pump_lag_s: float):
+        super().__init__(platform, pump_lag_s)
+        self._joined_at = {s.name: 0 if s.joins_at is None else [seg.name for seg in platform.path].index(s.joins_at)
+                           for s in platform.streams}
+        self._index = {seg.detector: i for i, seg in enumerate(platform.path) if seg.detector}
+        self._u = stats.qmc.Sobol(d=len(platform.path), scramble=True, seed=20240501).random(DROPLET_NODES)
+        self._u = np.clip(self._u, 1e-6, 1.0 - 1e-6)
+
+    def segment_throughput(self, i: int, t):
+        """Liquid that has flowed through segment `i` by time `t` (uL)."""
+        return sum(self.stream_volume(s.name, t) for s in self.streams if self._joined_at[s.name] <= i)
+
+    def _grid(self, i: int, t_hi: float, oldest: float) -> np.ndarray:
+        lo, hi = self._first_change(), t_hi
+        if oldest > 0 and lo < hi:
+            for _ in range(60):
+                mid = 0.5 * (lo + hi)
+                if float(self.segment_throughput(i, mid)) < oldest:
+                    lo = mid
+                else:
+                    hi = mid
+        start = min(lo, t_hi - 1.0)
+        lag = max(tr.lag_s for tr in self.tracks.values())
+        changes = [c for tr in self.tracks.values() for c in tr.change_times() if start <= c <= t_hi]
+        extra = [np.linspace(c, min(c + 8 * lag + 1e-9, t_hi), 48) for c in changes]
+        return np.unique(np.concatenate([np.linspace(start, t_hi, 600), *extra, [t_hi]]))
+
+    def droplets_in_cell(self, detector: str, t: float) -> Droplets:
+        k = self._index[detector]
+        path = self.platform.path
+        entry = np.zeros((k + 1, DROPLET_NODES))
+        exit_ = np.zeros((k + 1, DROPLET_NODES))
+        blank = np.zeros(DROPLET_NODES, dtype=bool)
+        t_out = np.full(DROPLET_NODES, float(t))
+        for i in range(k, -1, -1):
+            seg = path[i]
+            volume = 0.5 * seg.volume if i == k else seg.volume
+            passed = stats.gamma.ppf(self._u[:, i], a=seg.dispersion_tanks, scale=volume / seg.dispersion_tanks)
+            w_in = self.segment_throughput(i, t_out) - passed
+            blank |= w_in <= 0.0
+            grid = self._grid(i, float(t_out.max()), float(np.maximum(w_in, 0.0).min()))
+            t_in = invert_monotone(grid, self.segment_throughput(i, grid), np.maximum(w_in, 0.0))
+            entry[i], exit_[i] = t_in, t_out
+            t_out = t_in
+        formed = entry[0]
+        keys = self.species_molar + self.species_fraction
+        comp = {key: np.zeros(DROPLET_NODES) for key in keys}
+        upstream = np.zeros(DROPLET_NODES)
+        for i in range(k + 1):
+            joining = [s for s in self.streams if self._joined_at[s.name] == i]
+            if not joining:
+                continue
+            at = entry[i]
+            for stream in joining:
+                q = self.stream_flow(stream.name, at)
+                outlet = self.stream_outlet(stream, at)
+                total = np.maximum(upstream + q, 1e-12)
+                for key in keys:
+                    comp[key] = (upstream * comp[key] + q * outlet[key]) / total
+                upstream = upstream + q
+        reaction_time, reactor_mid, zone_time, zone_mid = segment_times(self.platform, entry, exit_, self._reaction)
+        start_flow = sum(self.stream_flow(s.name, formed) for s in self.streams if self._joined_at[s.name] == 0)
+        return Droplets(
+            weight=np.full(DROPLET_NODES, 1.0 / DROPLET_NODES),
+            blank=blank,
+            formed_s=formed,
+            molar_mM={key: comp[key] for key in self.species_molar},
+            volume_fraction={key: comp[key] for key in self.species_fraction},
+            reaction_time_s=reaction_time,
+            reactor_mid_s=reactor_mid,
+            precursor_flow_ul_min=start_flow * 60.0,
+            reactive_fraction=np.ones(DROPLET_NODES),
+            zone_time_s=zone_time,
+            zone_mid_s=zone_mid,
+        )
+
+
+def flow_path(platform: PlatformConfig, pump_lag_s: float) -> FlowPath:
+    """The transport model a platform needs: staged injections need the element-by-element walk."""
+    if any(s.joins_at for s in platform.streams):
+        return CascadePath(platform, pump_lag_s)
+    return FlowPath(platform, pump_lag_s)
