@@ -17,8 +17,14 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-PLATFORM = "virtual-cs3cu2i5"
-OBJECTIVE = "PL_I"
+BRIGHTNESS = "PL_A / (1 - 10 ** (-Abs_300))"
+"""PL per absorbed excitation (Abs_300 is the absorbance at the platform's excitation line): a
+PLQY proxy, the objective of the platforms whose papers optimise quantum yield."""
+OBJECTIVES = {"virtual-cs3cu2i5": "PL_I", "virtual-cspbbr3": BRIGHTNESS, "virtual-cspbbr3-oaoam": BRIGHTNESS,
+              "virtual-inp-zns": BRIGHTNESS}
+PLATFORM = os.environ.get("SDFL_BENCH_PLATFORM", "virtual-cs3cu2i5")
+"""The platform every job runs on (policies.py --platform sets it for its worker processes)."""
+OBJECTIVE = os.environ.get("SDFL_BENCH_OBJECTIVE") or OBJECTIVES.get(PLATFORM, "PL_I")
 REFILL_BELOW = 0.2
 """An operator refills every syringe when one holds less than this share of its volume."""
 
@@ -57,6 +63,17 @@ def platform():
     return _CACHE["platform"]
 
 
+def true_objective():
+    """The objective as the twin evaluates it: a feature name, or the parsed formula."""
+    if "objective" not in _CACHE:
+        from tasks.features import FeatureSettings, feature_columns
+        from tasks.objective import parse_objective
+
+        columns = feature_columns(FeatureSettings.from_config(platform().features))
+        _CACHE["objective"] = OBJECTIVE if OBJECTIVE in columns else parse_objective(OBJECTIVE, columns)
+    return _CACHE["objective"]
+
+
 def twin():
     if "twin" not in _CACHE:
         from tasks.twin import DigitalTwin
@@ -70,7 +87,7 @@ def mc_points(n: int = 1000, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     key = ("mc", n, seed)
     if key not in _CACHE:
         X = twin().monte_carlo(n, seed)
-        _CACHE[key] = (X, twin().objective(X, OBJECTIVE))
+        _CACHE[key] = (X, twin().objective(X, true_objective()))
     return _CACHE[key]
 
 
@@ -236,7 +253,7 @@ def truth_of_best_so_far(X: np.ndarray, y: np.ndarray) -> np.ndarray:
     ok = np.isfinite(y)
     truth = np.full(len(y), np.nan)
     if ok.any():
-        truth[ok] = twin().objective(X[ok], OBJECTIVE)
+        truth[ok] = twin().objective(X[ok], true_objective())
     out = np.full(len(y), np.nan)
     best, best_i = -np.inf, None
     for i in range(len(y)):
@@ -354,7 +371,7 @@ def job_optimum(root: str) -> dict:
     from tasks.twin import cached_true_optimum
 
     t0 = time.perf_counter()
-    optimum = cached_true_optimum(platform(), OBJECTIVE, root)
+    optimum = cached_true_optimum(platform(), true_objective(), root)
     return {"job": "optimum", "value": optimum.value, "condition": optimum.condition,
             "wall": time.perf_counter() - t0}
 

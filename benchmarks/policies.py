@@ -238,16 +238,17 @@ def report(cfg: dict, results: list[dict], overhead: dict | None, wall: float, a
     gp_available = importlib.util.find_spec("torch") is not None
     out = []
     w = out.append
-    w(f"# Policies on the virtual lab ({seeds} seeds)")
+    w(f"# Policies on the virtual lab: {C.PLATFORM} ({seeds} seeds)")
     w("")
     w(f"`{' '.join(['benchmarks/policies.py', *argv])}` on {os.cpu_count()} cores "
       f"({host_platform.python_implementation()} {host_platform.python_version()}), "
       f"{dt.datetime.now().strftime('%Y-%m-%d %H:%M')}; wall time {wall / 60:.1f} min.")
     w("")
-    w(f"True optimum of PL_I (noiseless twin, differential evolution + L-BFGS-B): **{opt:,.0f}** cps at "
+    objective = f"`{C.OBJECTIVE}`"
+    w(f"True optimum of {objective} (noiseless twin, differential evolution + L-BFGS-B): **{opt:,.4g}** at "
       + ", ".join(f"{k} = {v:.4g}" for k, v in optimum["condition"].items()) + ". "
-      f"95 % = {TARGET_FRACTION * opt:,.0f}. Every value below is the twin's TRUE PL_I at the condition with the "
-      "best MEASURED PL_I so far, as % of the true optimum. Medians [interquartile range] over seeds; "
+      f"95 % = {TARGET_FRACTION * opt:,.4g}. Every value below is the twin's TRUE objective at the condition with "
+      "the best MEASURED objective so far, as % of the true optimum. Medians [interquartile range] over seeds; "
       f"seeds that never reach 95 % count as > budget in the statistics.")
     w("")
 
@@ -403,10 +404,21 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="3 seeds, smaller budgets (a smoke run)")
     parser.add_argument("--processes", type=int, default=2)
     parser.add_argument("--no-overhead", action="store_true", help="skip the overhead measurement (5)")
-    parser.add_argument("--out", default=str(HERE / "results" / "policies.md"))
+    parser.add_argument("--platform", default=C.PLATFORM, help=(
+        f"a virtual platform, or 'all' for every shipped one in turn (default {C.PLATFORM}); the "
+        "objective is the platform's (PL_I, or the PLQY proxy PL_A / (1 - 10 ** (-Abs_300)))"))
+    parser.add_argument("--out", default=None, help="default: results/policies.md (or policies-<platform>.md)")
     parser.add_argument("--seeds-from", default=None,
                         help="reuse the seed campaigns saved by an earlier run (<out>.seeds.pkl); runs only (5)")
     args = parser.parse_args()
+    if args.platform == "all":
+        run_every_platform(sys.argv[1:])
+        return
+    if args.platform != C.PLATFORM:  # the workers read it from the environment at import
+        os.environ["SDFL_BENCH_PLATFORM"] = args.platform
+        os.execv(sys.executable, [sys.executable, __file__, *sys.argv[1:]])
+    default_name = "policies.md" if args.platform == "virtual-cs3cu2i5" else f"policies-{args.platform}.md"
+    args.out = args.out or str(HERE / "results" / default_name)
     cfg = settings(args)
     C.quiet()
     t0 = time.perf_counter()
@@ -426,6 +438,25 @@ def main() -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(text)
     log(f"written to {out}; wall time {wall / 60:.1f} min")
+
+
+def run_every_platform(argv: list[str]) -> None:
+    """One run per shipped virtual platform, each in its own process (the platform is global there)."""
+    import subprocess
+
+    from hardware.platform import shipped_platforms
+
+    rest, skip = [], False
+    for arg in argv:  # drop "--platform all" / "--platform=all"
+        if skip:
+            skip = False
+        elif arg == "--platform":
+            skip = True
+        elif not arg.startswith("--platform="):
+            rest.append(arg)
+    for name in [n for n in shipped_platforms() if n.startswith("virtual-")]:
+        log(f"=== {name} ===")
+        subprocess.run([sys.executable, __file__, "--platform", name, *rest], check=True)
 
 
 if __name__ == "__main__":

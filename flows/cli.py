@@ -72,6 +72,21 @@ def cmd_platform(args) -> int:
     for p in cfg.pumps:
         print(f"  {p.name:<10} {p.role:<8} stock {p.stock:<10} syringe {p.syringe_volume / 1000:g} mL, "
               f"{p.min_rate:g}-{p.max_rate:g} uL/min")
+    print("\npath (after the first junction):")
+    joins = {s.joins_at: s.name for s in cfg.streams if s.joins_at}
+    for seg in cfg.path:
+        notes = [f"zone {seg.zone}" if seg.zone else "", "reactor" if seg.reactor else "",
+                 f"{seg.detector} cell" if seg.detector else "", f"stream {joins[seg.name]} joins" if seg.name in joins else ""]
+        print(f"  {seg.name:<10} {seg.volume:g} uL, {seg.dispersion_tanks:g} tank(s)  "
+              f"{', '.join(n for n in notes if n)}".rstrip())
+    heaters = ", ".join(f"{zone} ({h.name})" for zone, h in cfg.heaters.items()) or "none (room temperature)"
+    eq = cfg.equilibration
+    rule = (f"t_E = {eq.tau_multiple:g} tau" if eq.rule == "tau_multiple"
+            else f"t_E when the step response reaches {eq.washout:.0%}")
+    print(f"\nheaters: {heaters}\nequilibration: {rule}")
+    if cfg.regime is not None:
+        print(f"flow regime: {cfg.regime.fluid.name} in a {cfg.regime.channel_diameter:g} mm tube, "
+              f"{cfg.regime.defaults} rules" + (f" + {len(cfg.regime.rules)} of its own" if cfg.regime.rules else ""))
     return 0
 
 
