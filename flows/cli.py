@@ -16,11 +16,18 @@ import os
 import signal
 import sys
 from contextlib import contextmanager
+from pathlib import Path
 
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
 SUMMARY_COLUMNS = ["experiment_id", "status", "temperature_c", "reaction_time_s", "cui_fraction", "tau_s", "t_E_s",
                    "PL_peak_nm", "PL_I", "PL_I_sd", "PL_A", "FWHM_nm", "Abs_300", "SNR"]
+
+
+def summary_columns(platform) -> list[str]:
+    """The summary of an experiment on `platform`: its own parameters, then the usual features."""
+    return ["experiment_id", "status", *platform.parameter_names, "tau_s", "t_E_s", "regime_Re",
+            "PL_peak_nm", "PL_I", "PL_I_sd", "PL_A", "FWHM_nm", "Abs_300", "SNR"]
 
 
 STUDY_NOTE = ("settle_tau: when the slowest feature is within 1 % of its final value, in residence times tau; "
@@ -137,7 +144,7 @@ def cmd_experiment(args) -> int:
                   steady_check=args.steady_check or None, data_root=args.data_root, seed=args.seed,
                   experiment_id=args.experiment_id)
     if flows:
-        if args.temperature is None:
+        if args.temperature is None and any(p.kind == "temperature" for p in cfg.parameters):
             raise SystemExit("sdfl: --flow needs --temperature too")
         kwargs.update(flowrates_ul_min=flows, temperature_c=args.temperature)
     else:
@@ -147,7 +154,41 @@ def cmd_experiment(args) -> int:
     if args.json:
         print(json.dumps(row, default=str, indent=1))
     else:
-        _print_frame(pd.DataFrame([row]), SUMMARY_COLUMNS)
+        _print_frame(pd.DataFrame([row]), summary_columns(cfg))
+    return 0
+
+
+def cmd_twin_table(args) -> int:
+    from hardware.platform import load_platform
+    from tasks.storage import read_experiments
+    from tasks.twin_table import table_from_records, table_inputs
+
+    cfg = load_platform(args.platform)
+    records = read_experiments(args.data_root, args.campaign)
+    if records.empty:
+        raise SystemExit(f"sdfl: campaign {args.campaign!r} has no experiments under {args.data_root or 'data'}")
+    table = table_from_records(cfg, records, reference_qy=args.reference_qy)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    table.to_parquet(out, index=False) if out.suffix in (".parquet", ".pq") else table.to_csv(out, index=False)
+    columns = table_inputs(cfg)
+    if len(table) < 2 * len(columns):
+        print(f"note: {len(table)} rows for {len(columns)} inputs; a table twin needs at least {2 * len(columns)} "
+              "rows (run more experiments, or keep fewer inputs in the options below)")
+    inputs = ", ".join(f'{k} = "{v}"' for k, v in columns.items())
+    print(f"{len(table)} of {len(records)} experiments written to {out}. In a platform file (base = "
+          f'"{cfg.platform.name}"):\n\n[chemistry]\nmodel = "hardware.virtual.tabular:TableChemistry"\n'
+          f'options = {{ table = "{out}", inputs = {{ {inputs} }} }}')
+    return 0
+
+
+def cmd_procedure(args) -> int:
+    from flows.procedures import rig_procedure
+
+    with _quick_prefect():
+        steps = rig_procedure(procedure=args.procedure, platform=args.platform, seed=args.seed)
+    for step in steps:
+        print(f"{step['step']:<6} {step['t_start_s'] / 60:7.1f} -> {step['t_end_s'] / 60:7.1f} min  {step['detail']}")
     return 0
 
 
@@ -299,7 +340,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", metavar="NAME=VALUE",
                    help="a parameter of the space (others default to the centre of the space)")
     p.add_argument("--flow", action="append", metavar="PUMP=UL_MIN", help="explicit pump flowrates instead")
-    p.add_argument("--temperature", type=float, help="reactor temperature (C), with --flow")
+    p.add_argument("--temperature", type=float, help="reactor temperature (C), with --flow (if the platform has one)")
     p.add_argument("--replicates", type=int, default=None)
     p.add_argument("--steady-check", action="store_true", help="also confirm steady state from the spectra")
     p.add_argument("--experiment-id", default=None, help="id to record under (default: a new sortable id)")
@@ -360,6 +401,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--decision-timeout", type=float, default=60.0, help="minutes to wait for a decision")
     p.add_argument("--auto-refill", action="store_true", help="virtual rigs: refill syringes without asking")
     p.set_defaults(func=cmd_manufacture)
+
+    p = sub.add_parser("procedure", help="a platform's start-up (purge, fill) or shut-down (flush) steps")
+    p.add_argument("procedure", choices=["startup", "shutdown"])
+    common(p, campaign=False)
+    p.set_defaults(func=cmd_procedure)
+
+    p = sub.add_parser("twin-table", help="turn recorded experiments into a chemistry table for a data-driven twin")
+    common(p)
+    p.add_argument("--out", required=True, help="table to write (.csv or .parquet)")
+    p.add_argument("--reference-qy", type=float, default=1.0,
+                   help="QY given to the brightest row (the table's QY is relative to it)")
+    p.set_defaults(func=cmd_twin_table)
 
     p = sub.add_parser("data", help="show the recorded experiments")
     p.add_argument("--campaign", default=None)

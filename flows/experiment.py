@@ -107,7 +107,7 @@ def conduct_experiment(
     if condition is not None:
         plan = steps.formulate(condition, platform, remaining)
     else:
-        if temperature_c is None:
+        if temperature_c is None and any(p.kind == "temperature" for p in platform.parameters):
             raise SdflInputError("flowrates_ul_min needs temperature_c too")
         plan = steps.formulate_from_flowrates(flowrates_ul_min, temperature_c, platform, remaining)
     log.info("experiment %s: %s; tau %.1f s, t_E %.1f s", experiment_id, plan.condition, plan.tau_s, plan.t_E_s)

@@ -102,6 +102,21 @@ class Spectrometer(Protocol):
 
 
 @runtime_checkable
+class Valve(Protocol):
+    """An on/off valve, e.g. the argon purge line. Closed is its safe state."""
+
+    name: str
+
+    def open(self) -> None:
+        ...
+
+    def close(self) -> None:
+        ...
+
+    def is_open(self) -> bool:
+        ...
+
+
 class LightSource(Protocol):
     name: str
 

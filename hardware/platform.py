@@ -297,6 +297,35 @@ class FeaturesConfig(_Strict):
     min_snr: float = Field(default=10.0, gt=0)
 
 
+class ValveConfig(_Strict):
+    """An on/off valve; `gas` names what it lets in (e.g. argon for a purge)."""
+
+    name: str
+    gas: str = ""
+    device: dict[str, Any] = Field(default_factory=dict)
+
+
+class ProcedureStep(_Strict):
+    """One step of a start-up or shut-down procedure.
+
+    purge: open `valve` for `duration` with the pumps stopped (the gas sweeps the path);
+    fill / flush: run the solvent pumps for `taus` residence times (fill an empty path at
+    start-up, wash the product out at the end)."""
+
+    step: Literal["purge", "fill", "flush"]
+    valve: str | None = None
+    duration: Seconds | None = Field(default=None, gt=0)
+    taus: float | None = Field(default=None, gt=0, le=20)
+
+    @model_validator(mode="after")
+    def _fields(self) -> ProcedureStep:
+        if self.step == "purge" and (self.valve is None or self.duration is None):
+            raise ValueError("a purge step needs valve and duration")
+        if self.step != "purge" and self.taus is None:
+            raise ValueError(f"a {self.step} step needs taus (residence times of solvent)")
+        return self
+
+
 class FluidConfig(_Strict):
     """A fluid's properties for the regime numbers (each a quantity with its unit)."""
 
@@ -367,6 +396,8 @@ class PlatformConfig(_Strict):
     heater: HeaterConfig | None = Field(default=None, description="the single reactor heater (zone 'reactor')")
     heaters: dict[str, HeaterConfig] = Field(default_factory=dict, description="heaters by zone name")
     regime: RegimeConfig | None = None
+    valves: dict[str, ValveConfig] = Field(default_factory=dict)
+    procedures: dict[Literal["startup", "shutdown"], list[ProcedureStep]] = Field(default_factory=dict)
     spectrometers: dict[Literal["pl", "abs"], SpectrometerConfig]
     light_sources: dict[Literal["pl", "abs"], LightSourceConfig]
     parameters: list[ParameterConfig] = Field(min_length=1)
@@ -419,6 +450,13 @@ class PlatformConfig(_Strict):
         if carrier is not None and (carrier not in pumps or pumps[carrier].role != "carrier"):
             raise ValueError(f"rules.carrier_pump {carrier!r} is not a pump with role 'carrier'")
         self._check_path(streams)
+        for name, steps in self.procedures.items():
+            for i, step in enumerate(steps):
+                if step.valve is not None and step.valve not in self.valves:
+                    raise ValueError(f"procedures.{name}[{i}]: unknown valve {step.valve!r}; valves: {sorted(self.valves)}")
+        if self.valves and self.platform.kind != "virtual":
+            raise ValueError("valves run on virtual platforms only so far (no valve driver yet); "
+                             "remove [valves] from a driver-based rig")
         for role in ("pl", "abs"):
             if [s.detector for s in self.path].count(role) != 1:
                 raise ValueError(f"path must hold exactly one segment with detector = {role!r}")

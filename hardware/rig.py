@@ -17,7 +17,7 @@ import threading
 from dataclasses import dataclass, field
 
 from hardware.errors import FatalInstrumentError, InstrumentError
-from hardware.interfaces import Clock, LightSource, Spectrometer, SyringePump, TemperatureController
+from hardware.interfaces import Clock, LightSource, Spectrometer, SyringePump, TemperatureController, Valve
 from hardware.platform import PlatformConfig
 
 log = logging.getLogger(__name__)
@@ -36,6 +36,8 @@ class Rig:
     light_sources: dict[str, LightSource]
     heaters: dict[str, TemperatureController] = field(default_factory=dict)
     """Every heater, by zone (a CSTR cascade has one per stage)."""
+    valves: dict[str, Valve] = field(default_factory=dict)
+    """On/off valves (gas purge lines); closed is safe."""
     lab: object | None = None
     """The VirtualLab behind a virtual rig (None for real hardware)."""
     lock: threading.RLock = field(default_factory=threading.RLock)
@@ -78,7 +80,7 @@ class Rig:
         return failed
 
     def safe_state(self) -> list[str]:
-        """Pumps stopped, heater to standby, light sources off. Never raises.
+        """Pumps stopped, heaters to standby, valves closed, light sources off. Never raises.
 
         Returns the problems met (empty when everything is safe), so callers can log them.
         """
@@ -90,6 +92,9 @@ class Rig:
             for heater in self.all_heaters():
                 if not _attempt(heater.standby):
                     problems.append(f"heater {heater.name} did not confirm standby")
+            for key, valve in self.valves.items():
+                if not _attempt(valve.close):
+                    problems.append(f"valve {key} did not confirm closed")
             for role, source in self.light_sources.items():
                 if not _attempt(source.off):
                     problems.append(f"light source {role} did not confirm off")
@@ -158,6 +163,7 @@ def virtual_rig(platform: PlatformConfig, seed: int | None = None) -> Rig:
         heaters=dict(lab.heaters),
         spectrometers=dict(lab.spectrometers),
         light_sources=dict(lab.light_sources),
+        valves=dict(lab.valves),
         lab=lab,
     )
 

@@ -182,6 +182,32 @@ class VirtualHeater:
         self._record(None)
 
 
+class VirtualValve:
+    """An on/off valve on the virtual rig (the gas itself is not simulated)."""
+
+    def __init__(self, name: str, lab: VirtualLab):
+        self.name = name
+        self._lab = lab
+        self._open = False
+        self.opened_s: list[tuple[float, float | None]] = []
+        """(opened at, closed at) on the lab clock, for tests and logs."""
+
+    def open(self) -> None:
+        self._lab.faults.command(self.name)
+        if not self._open:
+            self.opened_s.append((self._lab.clock.now(), None))
+        self._open = True
+
+    def close(self) -> None:
+        self._lab.faults.command(self.name)
+        if self._open:
+            self.opened_s[-1] = (self.opened_s[-1][0], self._lab.clock.now())
+        self._open = False
+
+    def is_open(self) -> bool:
+        return self._open
+
+
 class VirtualLightSource:
     def __init__(self, config: LightSourceConfig, lab: VirtualLab):
         self.name = config.name

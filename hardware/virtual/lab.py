@@ -13,7 +13,13 @@ from scipy import stats
 from hardware.clock import SimClock
 from hardware.platform import PlatformConfig
 from hardware.virtual.chemistry import OpticalOutcome, ReactorState, ZoneState, load_chemistry
-from hardware.virtual.devices import VirtualHeater, VirtualLightSource, VirtualPump, VirtualSpectrometer
+from hardware.virtual.devices import (
+    VirtualHeater,
+    VirtualLightSource,
+    VirtualPump,
+    VirtualSpectrometer,
+    VirtualValve,
+)
 from hardware.virtual.faults import FaultInjector, FaultPlan
 from hardware.virtual.optics import (
     FLOW_CELL_PATH_CM,
@@ -61,6 +67,7 @@ class VirtualLab:
         self.heater = self.heaters[reactor_zone] if reactor_zone else None
         """The heater of the reactor zone (None at room temperature)."""
         self.light_sources = {role: VirtualLightSource(cfg, self) for role, cfg in platform.light_sources.items()}
+        self.valves = {key: VirtualValve(cfg.name, self) for key, cfg in platform.valves.items()}
         self.spectrometers = {role: VirtualSpectrometer(role, cfg, self) for role, cfg in platform.spectrometers.items()}
         self.detectors = {
             role: Detector.for_pixels(cfg.pixels, cfg.max_counts, np.random.default_rng([self.seed, i]))
