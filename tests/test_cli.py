@@ -99,3 +99,35 @@ def test_sigterm_mid_experiment_leaves_a_crashed_record(tmp_path):
     assert list(table["experiment_id"]) == ["exp-killed"], output
     assert table.loc[0, "status"] == "crashed"
     assert "safe state" not in table.loc[0, "failure_reason"]  # no safe-state problem was reported
+
+
+def test_platform_shows_the_path_heaters_and_rules_of_a_cascade(capsys):
+    assert main(["platform", "virtual-inp-zns"]) == 0
+    out = capsys.readouterr().out
+    assert "shell1" in out and "stream shell joins" in out
+    assert "heaters: core (core-block), shell (shell-block)" in out
+    assert "step response reaches 99%" in out
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_procedure_purges_and_fills_the_cascade(capsys):
+    assert main(["procedure", "startup", "--platform", "virtual-inp-zns", "--seed", "4"]) == 0
+    out = capsys.readouterr().out
+    assert "argon through argon-purge for 90 s" in out and "fill" in out
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_twin_table_turns_a_campaign_into_a_chemistry_table(capsys, data_root, tmp_path):
+    for t in (130, 145):
+        assert main(["experiment", "--set", f"temperature_c={t}", "--campaign", "tt",
+                     "--data-root", str(data_root), "--seed", "32"]) == 0
+    out_file = tmp_path / "table.csv"
+    assert main(["twin-table", "--campaign", "tt", "--data-root", str(data_root), "--out", str(out_file)]) == 0
+    out = capsys.readouterr().out
+    assert "2 of 2 experiments written" in out and "needs at least" in out
+    assert 'model = "hardware.virtual.tabular:TableChemistry"' in out
+    import pandas as pd
+
+    table = pd.read_csv(out_file)
+    assert {"temperature_c", "Cu_mM", "peak_nm", "fwhm_nm", "qy"} <= set(table.columns)
+    assert sorted(table["temperature_c"]) == [130.0, 145.0]
