@@ -47,10 +47,10 @@ def check_platform(platform: PlatformConfig, seed: int | None = None) -> list[Ch
     checks = []
     for name, pump in rig.pumps.items():
         checks.append(_probe("pump", name, driver, getattr(pump, "identify", lambda p=pump: p.status())))
-    heater = rig.heater
-    checks.append(_probe("heater", heater.name, driver, getattr(
-        heater, "identify", lambda: {"process_value_c": round(heater.read_temperature(), 2),
-                                     "setpoint_c": heater.setpoint()})))
+    for heater in rig.all_heaters():
+        checks.append(_probe("heater", heater.name, driver, getattr(
+            heater, "identify", lambda h=heater: {"process_value_c": round(h.read_temperature(), 2),
+                                                  "setpoint_c": h.setpoint()})))
     for role, spec in rig.spectrometers.items():
         checks.append(_probe(f"spectrometer {role}", spec.name, driver, getattr(
             spec, "identify", lambda s=spec: {"serial_number": s.serial_number, "pixels": len(s.wavelengths())})))
@@ -73,8 +73,9 @@ def _check_real(platform: PlatformConfig) -> list[Check]:
         for pump in platform.pumps:
             checks.append(_probe("pump", pump.name, "chemyx", lambda p=pump: open_then_identify(
                 lambda: inst.open_pump(p))))
-        checks.append(_probe("heater", platform.heater.name, "watlow", lambda: open_then_identify(
-            lambda: inst.open_heater(platform))))
+        if platform.heater is not None:
+            checks.append(_probe("heater", platform.heater.name, "watlow", lambda: open_then_identify(
+                lambda: inst.open_heater(platform))))
         spectrometers = {}
         for role, config in platform.spectrometers.items():
             def open_spec(role=role):

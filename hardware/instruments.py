@@ -189,8 +189,9 @@ def real_instruments(platform: PlatformConfig) -> Instruments:
         for pump in platform.pumps:
             out.pumps[pump.name] = open_pump(pump)
             out.closers.append(out.pumps[pump.name].close)
-        out.heater = open_heater(platform)
-        out.closers.append(out.heater.close)
+        if platform.heater is not None:  # a room-temperature rig has no controller
+            out.heater = open_heater(platform)
+            out.closers.append(out.heater.close)
         for role in platform.spectrometers:
             out.spectrometers[role] = open_spectrometer(platform, role)
             out.closers.append(out.spectrometers[role].close)
@@ -222,13 +223,14 @@ def emulated_instruments(platform: PlatformConfig, lab) -> Instruments:
             out.closers.append(link.close)
             out.byte_logs[pump.name] = link.log
             out.pumps[pump.name] = open_pump(pump, link=link)
-        controller = WatlowTcpEmulator(lab.heater, model="f4t")
-        out.closers.append(controller.close)
-        out.emulators["heater"] = controller
-        heater_platform = platform.model_copy(update={"heater": platform.heater.model_copy(update={"device": {
-            "model": "f4t", "host": controller.host, "tcp_port": controller.port, "units": "C"}})})
-        out.heater = open_heater(heater_platform)
-        out.closers.append(out.heater.close)
+        if lab.heater is not None:
+            controller = WatlowTcpEmulator(lab.heater, model="f4t")
+            out.closers.append(controller.close)
+            out.emulators["heater"] = controller
+            heater_platform = platform.model_copy(update={"heater": platform.heater.model_copy(update={"device": {
+                "model": "f4t", "host": controller.host, "tcp_port": controller.port, "units": "C"}})})
+            out.heater = open_heater(heater_platform)
+            out.closers.append(out.heater.close)
         api = FakeSeabreezeAPI(lab)
         out.emulators["seabreeze"] = api
         for role in platform.spectrometers:

@@ -488,8 +488,9 @@ class PlatformConfig(_Strict):
         for name in self.rules.stream_ratios:
             if name not in streams:
                 raise ValueError(f"rules.stream_ratios names unknown stream {name!r}")
-        if self.platform.kind != "virtual" and len(self.heaters) > 1:
-            raise ValueError("driver-based rigs support one heater for now; several zones run on virtual platforms")
+        if self.platform.kind != "virtual" and (len(self.heaters) > 1 or (self.heaters and self.heater is None)):
+            raise ValueError("driver-based rigs support one heater, given as [heater], for now; several zones "
+                             "run on virtual platforms")
 
     def _check_parameters(self, pumps: dict[str, PumpConfig], streams: dict[str, StreamConfig]) -> None:
         kinds = [p.kind for p in self.parameters]

@@ -188,8 +188,9 @@ def _guarded_rig(platform, instruments, clock, lab) -> Rig:
     rig = Rig(platform=platform, clock=clock, pumps={}, heater=None, spectrometers={}, light_sources={}, lab=lab,
               instruments=instruments)
     rig.pumps = {n: SafeOnFatal(p, rig) for n, p in instruments.pumps.items()}
-    rig.heater = SafeOnFatal(instruments.heater, rig)
-    rig.heaters = {"reactor": rig.heater}
+    if instruments.heater is not None:
+        rig.heater = SafeOnFatal(instruments.heater, rig)
+        rig.heaters = {"reactor": rig.heater}
     rig.spectrometers = {r: SafeOnFatal(s, rig) for r, s in instruments.spectrometers.items()}
     rig.light_sources = {r: SafeOnFatal(s, rig) for r, s in instruments.light_sources.items()}
     return rig

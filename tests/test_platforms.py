@@ -174,3 +174,28 @@ def test_a_live_experiment_on_the_y_junction_records_its_flow_regime(tmp_path):
     assert stored["regime_Re"] == pytest.approx(row["regime_Re"]) and 1400 < stored["regime_Re"] < 1800
     assert "Pe = " in stored["regime_warnings"]
     assert stored["t_R_s"] == pytest.approx(990.0 / ((4600.0 + 25.0) * 1000 / 60) * 60.0)
+
+
+def test_a_room_temperature_rig_runs_through_the_drivers_without_a_controller(tmp_path):
+    """The Y-junction as an emulated rig: Chemyx pumps on a pseudo-terminal, the spectrometers
+    through the seabreeze fake (the only mock: no USB device here), no temperature controller."""
+    from hardware.rig import close_all_rigs
+
+    path = tmp_path / "emulated-yj.toml"
+    path.write_text('[platform]\nname = "emulated-yj"\nkind = "emulated"\nbase = "virtual-cspbbr3-oaoam"\n')
+    rig = open_rig(load_platform(path), seed=2)
+    try:
+        assert rig.heater is None and rig.heaters == {}
+        row = conduct_experiment(rig, condition={"q_toluene_ml_h": 4600.0, "q_precursor_ml_h": 25.0},
+                                 campaign="emu", data_root=str(tmp_path / "data"))
+        assert row["status"] == "completed" and 510 < row["PL_peak_nm"] < 522
+        assert not any(p.status().running for p in rig.lab.pumps.values())
+    finally:
+        close_all_rigs()
+
+
+def test_a_driver_rig_with_heater_zones_is_refused(tmp_path):
+    path = tmp_path / "rig.toml"
+    path.write_text('[platform]\nname = "rig-cascade"\nkind = "real"\nbase = "virtual-inp-zns"\n')
+    with pytest.raises(PlatformConfigError, match="driver-based rigs support one heater"):
+        load_platform(path)
