@@ -40,6 +40,11 @@ class InfeasibleCondition(SdflInputError):
     def __init__(self, rule: str, message: str):
         super().__init__(f"[rule {rule}] {message}")
         self.rule = rule
+        self._parts = (rule, message)
+
+    def __reduce__(self):
+        """Picklable with its two parts (errors cross process pools and Prefect results)."""
+        return type(self), self._parts
 
 
 class InvalidSpectrum(SdflInputError):
@@ -58,6 +63,11 @@ class InstrumentError(SdflError):
 
     def __init__(self, instrument: str, message: str):
         super().__init__(f"{instrument}: {message}")
+        self._parts = (instrument, message)
+
+    def __reduce__(self):
+        """Picklable with its two parts (errors cross process pools and Prefect results)."""
+        return type(self), self._parts
         self.instrument = instrument
 
 

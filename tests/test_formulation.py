@@ -328,3 +328,23 @@ def test_solvent_flush_runs_only_ode_and_pfo_at_the_floor():
     assert f.volumes_ul["pfo"] == pytest.approx(600.0 * f.run_time_s / 60)
     assert f.condition == {}
     assert math.isnan(f.temperature_c)  # the heater is not part of a flush
+
+
+@pytest.mark.parametrize("error", [
+    InfeasibleCondition("min_total_flow", "too slow"),
+])
+def test_rule_errors_survive_pickling_across_processes(error):
+    """Benchmark pools and Prefect results pickle errors; the rule and message must come back."""
+    import pickle
+
+    again = pickle.loads(pickle.dumps(error))
+    assert type(again) is type(error) and str(again) == str(error) and again.rule == error.rule
+
+
+def test_instrument_errors_survive_pickling_across_processes():
+    import pickle
+
+    from hardware.errors import SyringeEmpty
+
+    again = pickle.loads(pickle.dumps(SyringeEmpty("cui", "asked for 5 uL, holds 1 uL")))
+    assert isinstance(again, SyringeEmpty) and str(again) == "cui: asked for 5 uL, holds 1 uL"
