@@ -108,14 +108,26 @@ def drop_rig(seed: int) -> None:
 def keep_filled(rig) -> bool:
     """The operator's step between experiments: when a syringe runs low, stop and refill all.
 
+    Low means below REFILL_BELOW of its volume, or below twice the most that pump has used
+    between two of these checks (one experiment on the cascade can take a fifth of a syringe).
     A 100 mL PFO syringe lasts ~42 experiments of the default space, so campaigns longer than
     that need it (without it every later trial is refused: "not enough liquid").
     """
     pumps = rig.lab.pumps
-    if min(p.remaining_ul() / p.syringe_volume_ul for p in pumps.values()) >= REFILL_BELOW:
+    seen = _CACHE.setdefault(("levels", id(rig)), {})
+    low = False
+    for name, pump in pumps.items():
+        left = pump.remaining_ul()
+        last, most = seen.get(name, (left, 0.0))
+        most = max(most, last - left)
+        seen[name] = (left, most)
+        low |= left < max(REFILL_BELOW * pump.syringe_volume_ul, 2.0 * most)
+    if not low:
         return False
     rig.stop_pumps()
     rig.lab.refill_all()
+    for name, pump in pumps.items():
+        seen[name] = (pump.remaining_ul(), seen[name][1])
     return True
 
 

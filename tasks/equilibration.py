@@ -13,7 +13,7 @@ import numpy as np
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from hardware.errors import ClogDetected, PumpStalled, SyringeEmpty
+from hardware.errors import ClogDetected, InfeasibleCondition, PumpStalled, SyringeEmpty
 from hardware.interfaces import Clock, TemperatureController
 from hardware.rig import Rig
 from hardware.stability import wait_until_stable
@@ -87,6 +87,16 @@ def start_pumps(rig: Rig, formulation: Formulation, run_time_s: float | None = N
     """
     margin = rig.platform.rules.volume_margin
     scale = 1.0 if run_time_s is None else run_time_s / formulation.run_time_s
+    # Held flows keep emptying the syringes while the heaters settle and the reference is taken,
+    # so the levels checked at formulation may no longer hold: check again before any pump moves.
+    wanted = {name: formulation.volumes_ul[name] * margin * scale for name in rig.pumps
+              if formulation.flows_ul_min[name] > 0}
+    left = rig.remaining_ul()
+    short = [f"{name} needs {need:.0f} uL, holds {left[name]:.0f} uL" for name, need in wanted.items()
+             if left[name] < need]
+    if short:
+        raise InfeasibleCondition("syringe_volume", "not enough liquid left to start (" + "; ".join(short)
+                                  + "): refill the syringe(s)")
     for name, pump in rig.pumps.items():
         if formulation.flows_ul_min[name] <= 0:
             pump.stop()

@@ -16,6 +16,7 @@ from hardware.errors import (
     PumpStalled,
     SaturatedSpectrum,
 )
+from hardware.platform import load_platform
 from hardware.rig import open_rig
 from tasks.storage import experiment_path, read_experiments, read_spectra
 
@@ -154,3 +155,31 @@ def test_the_spectral_steady_state_check_confirms_steady_state(condition, data_r
     assert row["steady"] is True
     assert row["steady_extra_wait_s"] >= 0
     assert row["t_first_spectrum_s"] - row["t_pumps_on_s"] >= row["t_E_s"] + row["steady_extra_wait_s"]
+
+
+def test_syringes_drained_by_held_flows_fail_the_experiment_not_the_rig(data_root):
+    """Levels are checked again just before the pumps start: a held flow that drains a syringe
+    while the heaters settle fails the experiment by rule (refill), and the rig is left safe."""
+    from flows.experiment import conduct_experiment
+    from tasks.formulation import formulate
+
+    platform = load_platform("virtual-inp-zns")
+    rig = open_rig(platform, seed=8)
+    first = {"core_temperature_c": 180.0, "shell_temperature_c": 240.0, "core_time_min": 5.0,
+             "in_cl_fraction": 0.2, "in_i_fraction": 0.05, "phosphine_fraction": 0.3, "sulfur_fraction": 0.5}
+    conduct_experiment(rig, condition=first, campaign="held", data_root=str(data_root), finish="hold")
+    # Load the phosphine syringe with just enough for the next run at formulation time; the held
+    # flow (720 uL/min) keeps running while the shell heats by 80 K.
+    second = {**first, "shell_temperature_c": 320.0}
+    need = formulate(second, platform).volumes_ul["phosphine"] * platform.rules.volume_margin
+    pump = rig.lab.pumps["phosphine"]
+    rate = pump.status().rate_ul_min
+    pump.stop()
+    pump.refill(need + 2000.0)
+    pump.infuse(rate, need + 2000.0)
+    with pytest.raises(InfeasibleCondition) as caught:
+        conduct_experiment(rig, condition=second, campaign="held", data_root=str(data_root))
+    assert caught.value.rule == "syringe_volume" and "phosphine needs" in str(caught.value)
+    rows = read_experiments(str(data_root), "held")
+    assert list(rows["status"]) == ["completed", "failed"]
+    assert all(not p.status().running for p in rig.pumps.values())
