@@ -63,12 +63,12 @@ class InstrumentError(SdflError):
 
     def __init__(self, instrument: str, message: str):
         super().__init__(f"{instrument}: {message}")
+        self.instrument = instrument
         self._parts = (instrument, message)
 
     def __reduce__(self):
         """Picklable with its two parts (errors cross process pools and Prefect results)."""
         return type(self), self._parts
-        self.instrument = instrument
 
 
 class TransientInstrumentError(InstrumentError):

@@ -348,3 +348,4 @@ def test_instrument_errors_survive_pickling_across_processes():
 
     again = pickle.loads(pickle.dumps(SyringeEmpty("cui", "asked for 5 uL, holds 1 uL")))
     assert isinstance(again, SyringeEmpty) and str(again) == "cui: asked for 5 uL, holds 1 uL"
+    assert again.instrument == "cui"
