@@ -1,8 +1,9 @@
-"""Closed-loop campaigns: `optimize` (maximise an objective) and `explore` (build a digital twin).
+"""Closed-loop campaigns: `optimize` (maximise an objective), `explore` (build a digital twin) and
+`seek_target` (reach a target emission peak with the highest quality and the narrowest FWHM).
 
 Each iteration asks the Optuna study for a condition (an initial Latin-hypercube design, then
-the policy), runs it with the experiment steps, and tells the study the objective, or FAIL
-with the reason. The Parquet dataset and the study are the campaign's state: starting a
+the policy), runs it with the experiment steps, and tells the study the objective (a target
+campaign: the objective vector of a multi-objective study), or FAIL with the reason. The Parquet dataset and the study are the campaign's state: starting a
 campaign again with the same name resumes it (see `tasks.ledger.reconcile` for the crash policy).
 """
 
@@ -24,7 +25,7 @@ from flows import parameters as P
 from flows.experiment import Steps, conduct_experiment
 from hardware.errors import FatalInstrumentError, InstrumentError, SdflInputError
 from hardware.rig import Rig
-from tasks import features, formulation, ledger, storage
+from tasks import features, formulation, ledger, storage, targets
 from tasks.objective import Objective, parse_objective
 from tasks.proposal import PolicySettings, design_conditions
 from tasks.records import experiment_row, now_utc
@@ -53,26 +54,36 @@ class CampaignPlan:
     xi: float = 0.01
     storage: str | None = None
     data_root: str | None = None
+    target: targets.Target | None = None
+    """A target campaign: the study is multi-objective (peak error, quality, FWHM) and `objective`
+    is not used; policies from `ledger.TARGET_SAMPLERS`."""
+    patience: int | None = None
+    """Target campaigns: stop once an experiment is on target and this many experiments after the
+    best on-target one did not beat it (None: run the whole budget)."""
 
 
 @dataclass
 class CampaignState:
     plan: CampaignPlan
-    objective: Objective
+    objective: Objective | targets.TargetObjective
     prior: tuple[np.ndarray, np.ndarray] | None
-    values: list[float] = field(default_factory=list)
-    """Objective per finished trial in trial order (NaN for failures)."""
+    values: list = field(default_factory=list)
+    """Objective per finished trial in trial order (NaN for failures; a target campaign: the
+    objective vector, all NaN for failures)."""
     stopped_because: str = ""
     holdout_r2: float | None = None
     reconciled: Any = None
     platform: Any = None
 
 
-def validate(plan: CampaignPlan, platform) -> tuple[Objective, tuple[np.ndarray, np.ndarray] | None]:
+def validate(plan: CampaignPlan, platform) -> tuple[Objective | targets.TargetObjective,
+                                                   tuple[np.ndarray, np.ndarray] | None]:
     """Check every setting; raise SdflInputError naming the bad one. Nothing has started yet."""
     storage.check_name("campaign", plan.campaign)
-    if plan.policy not in ledger.SAMPLERS:
-        raise SdflInputError(f"unknown policy {plan.policy!r}; choose one of {list(ledger.SAMPLERS)}")
+    choices = ledger.TARGET_SAMPLERS if plan.target is not None else ledger.SAMPLERS
+    if plan.policy not in choices:
+        kind = "target policy" if plan.target is not None else "policy"
+        raise SdflInputError(f"unknown {kind} {plan.policy!r}; choose one of {list(choices)}")
     if not isinstance(plan.budget, int) or plan.budget <= 0:
         raise SdflInputError(f"budget must be a positive number of experiments, got {plan.budget!r}")
     if not 0 <= plan.initial <= plan.budget:
@@ -83,6 +94,12 @@ def validate(plan: CampaignPlan, platform) -> tuple[Objective, tuple[np.ndarray,
         raise SdflInputError(f"target_r2 must be between 0 and 1, got {plan.target_r2}")
     if plan.in_flight not in ("fail", "rerun"):
         raise SdflInputError(f"in_flight must be 'fail' or 'rerun', got {plan.in_flight!r}")
+    if plan.target is not None:
+        if plan.patience is not None and (not isinstance(plan.patience, int) or plan.patience < 0):
+            raise SdflInputError(f"patience must be a whole number of experiments (0 or more), got {plan.patience!r}")
+        if plan.prior_campaign or plan.prior_model or plan.target_r2 is not None:
+            raise SdflInputError("a target campaign takes no prior_campaign, prior_model or target_r2")
+        return targets.check_target(plan.target, platform), None
     columns = features.feature_columns(features.FeatureSettings.from_config(platform.features))
     objective = parse_objective(plan.objective, columns)
     prior = None
@@ -132,9 +149,14 @@ def run_campaign(rig: Rig | list[Rig], plan: CampaignPlan, steps: Steps, on_prog
     state = CampaignState(plan, objective, prior, platform=platform)
     url = ledger.storage_url(plan.data_root, plan.storage)
     prior_unit = (to_unit(platform, prior[0]), prior[1]) if prior is not None else None
-    sampler = ledger.make_sampler(plan.policy, platform, plan.surrogate, plan.seed, prior_unit,
-                                  PolicySettings(plan.kappa, plan.xi), _feasible(platform))
-    study, created = ledger.open_study(plan.campaign, platform, objective.expression, url, sampler)
+    if plan.target is not None:
+        sampler = ledger.make_target_sampler(plan.policy, platform, objective, plan.surrogate, plan.seed,
+                                             _feasible(platform))
+    else:
+        sampler = ledger.make_sampler(plan.policy, platform, plan.surrogate, plan.seed, prior_unit,
+                                      PolicySettings(plan.kappa, plan.xi), _feasible(platform))
+    study, created = ledger.open_study(plan.campaign, platform, objective.expression, url, sampler,
+                                       directions(plan))
     state.reconciled = ledger.reconcile(study, plan.campaign, plan.data_root, objective, plan.in_flight,
                                         record_failure=lambda trial, eid: _record_crashed(rigs[0], plan, trial, eid))
     if created and plan.initial and plan.policy != "random":
@@ -156,8 +178,23 @@ def run_campaign(rig: Rig | list[Rig], plan: CampaignPlan, steps: Steps, on_prog
     if loop.fatal is not None:
         raise loop.fatal
     finished = sorted(ledger.finished(study), key=lambda t: t.number)
-    state.values = [t.value if t.state == TrialState.COMPLETE else math.nan for t in finished]
+    if plan.target is not None:
+        state.values = [tuple(t.values) if t.state == TrialState.COMPLETE else (math.nan,) * 3 for t in finished]
+    else:
+        state.values = [t.value if t.state == TrialState.COMPLETE else math.nan for t in finished]
     return state
+
+
+def directions(plan: CampaignPlan) -> list[str]:
+    """The study's directions: one objective to maximise, or a target's three."""
+    return list(targets.DIRECTIONS) if plan.target is not None else ["maximize"]
+
+
+def target_vectors(study) -> np.ndarray:
+    """Objective vectors of a target study's finished trials in trial order (NaN rows for failures)."""
+    finished = sorted(ledger.finished(study), key=lambda t: t.number)
+    return np.array([t.values if t.state == TrialState.COMPLETE else [math.nan] * 3 for t in finished],
+                    dtype=float).reshape(-1, 3)
 
 
 class _Loop:
@@ -186,6 +223,13 @@ class _Loop:
                                               f"{self.plan.target_r2}")
                 self.stopped = True
                 return None
+            if self.plan.target is not None and self.plan.patience is not None:
+                since = targets.experiments_since_best(target_vectors(self.study), self.plan.target)
+                if since is not None and since >= self.plan.patience:
+                    self.state.stopped_because = (f"on target, and {since} experiment(s) since the best on-target "
+                                                  f"one (patience {self.plan.patience})")
+                    self.stopped = True
+                    return None
             trial = self.study.ask(self.distributions)
             experiment_id = ledger.experiment_id_for(self.plan.campaign, trial.number)
             trial.set_user_attr("experiment_id", experiment_id)
@@ -197,8 +241,8 @@ class _Loop:
         while (claimed := self._next_trial()) is not None:
             trial, experiment_id = claimed
             try:
-                value, failure = _conduct(rig, self.plan, self.steps, trial, experiment_id, self.objective,
-                                          self.log)
+                value, failure, row = _conduct(rig, self.plan, self.steps, trial, experiment_id, self.objective,
+                                               self.log)
             except (FatalInstrumentError, InstrumentError) as exc:
                 with self.lock:
                     _tell_failure(self.study, trial, exc)
@@ -212,16 +256,25 @@ class _Loop:
                 if failure is not None:
                     _tell_failure(self.study, trial, failure)
                 else:
-                    self.study.tell(trial, value)
-                    self.log.info("trial %d (%s): %s = %.5g", trial.number, experiment_id,
-                                  self.objective.expression, value)
+                    ledger.tell_completed(self.study, trial, value, self.objective, row)
+                    self.log.info("trial %d (%s): %s = %s", trial.number, experiment_id,
+                                  _what(self.objective), _show(value))
                 self.running -= 1
                 if self.on_progress is not None:
                     self.on_progress(len(ledger.finished(self.study)), self.plan.budget, self.study)
 
 
-def _conduct(rig, plan, steps, trial, experiment_id, objective, log) -> tuple[float, BaseException | None]:
-    """Run one trial's experiment: (objective value, None) or (nan, why it has no value).
+def _what(objective) -> str:
+    return "(peak error nm, quality, FWHM)" if isinstance(objective, targets.TargetObjective) else objective.expression
+
+
+def _show(value) -> str:
+    return ", ".join(f"{v:.5g}" for v in np.atleast_1d(value))
+
+
+def _conduct(rig, plan, steps, trial, experiment_id, objective, log):
+    """Run one trial's experiment: (objective value or vector, None, row) or (nan, why it has no
+    value, row or None).
 
     Instrument errors propagate (the rig is already safe and the experiment recorded).
     """
@@ -236,11 +289,11 @@ def _conduct(rig, plan, steps, trial, experiment_id, objective, log) -> tuple[fl
                                      seed=plan.seed, steps=steps, log=log)
     except SdflInputError as exc:  # an infeasible proposal is never run; record why and go on
         log.warning("trial %d not run: %s", trial.number, exc)
-        return math.nan, exc
+        return math.nan, exc, None
     value = objective(row)
-    if not math.isfinite(value):
-        return math.nan, ValueError(f"objective {objective.expression!r} is not a number for this run")
-    return value, None
+    if not ledger.is_number(value):
+        return math.nan, ValueError(f"objective {_what(objective)!r} is not a number for this run: {_show(value)}"), row
+    return value, None, row
 
 
 def _tell_failure(study, trial, exc: BaseException) -> None:
@@ -277,7 +330,7 @@ def _campaign_flow(plan: CampaignPlan, platform_name: str, seed_rig: int | None,
     from prefect import get_run_logger
     from prefect.artifacts import create_progress_artifact, update_progress_artifact
 
-    from flows.campaign_report import build_report
+    from flows.campaign_report import build_report, build_target_report
     from flows.experiment import prefect_steps
     from flows.reactor import reactor_lock
     from flows.remote import DeploymentReactor
@@ -305,16 +358,25 @@ def _campaign_flow(plan: CampaignPlan, platform_name: str, seed_rig: int | None,
             for rig in rigs:
                 stack.enter_context(rig.lock)
             state = run_campaign(rigs, plan, prefect_steps(config.platform.kind != "real"), on_progress, log)
+    update_progress_artifact(progress, progress=100.0)  # done, also when it stopped before the budget
     study = ledger.open_study(plan.campaign, config, state.objective.expression,
-                              ledger.storage_url(plan.data_root, plan.storage), None)[0]
-    summary = build_report(config, study, state.objective, plan.surrogate, state.prior, plan.data_root,
-                           plan.campaign, plan.seed, explain_model=explain_model)
+                              ledger.storage_url(plan.data_root, plan.storage), None, directions(plan))[0]
+    if plan.target is not None:
+        summary = build_target_report(config, study, state.objective, plan.data_root, plan.campaign,
+                                      state.stopped_because)
+    else:
+        summary = build_report(config, study, state.objective, plan.surrogate, state.prior, plan.data_root,
+                               plan.campaign, plan.seed, explain_model=explain_model)
     summary["stopped_because"] = state.stopped_because
     if state.reconciled and (state.reconciled.failed or state.reconciled.completed):
         summary["resumed"] = {"told_complete": state.reconciled.completed, "marked_failed": state.reconciled.failed,
                               "rerun": state.reconciled.rerun}
-    log.info("campaign %s: %s; best %s = %.5g", plan.campaign, state.stopped_because,
-             state.objective.expression, summary.get("best_value", float("nan")))
+    if plan.target is not None:
+        log.info("campaign %s: %s; %d on target; best desirability %.3f", plan.campaign, state.stopped_because,
+                 summary.get("on_target", 0), summary.get("best", {}).get("desirability", float("nan")))
+    else:
+        log.info("campaign %s: %s; best %s = %.5g", plan.campaign, state.stopped_because,
+                 state.objective.expression, summary.get("best_value", float("nan")))
     return summary
 
 
@@ -383,3 +445,40 @@ def explore(
                         surrogate=surrogate, seed=seed, in_flight=in_flight, target_r2=target_r2,
                         check_every=check_every, storage=storage, data_root=data_root)
     return _campaign_flow(plan, platform, seed, explain, reactors)
+
+
+@_flow("seek-target")
+def seek_target(
+    campaign: P.CampaignName,
+    platform: P.PlatformName = "virtual-cs3cu2i5",
+    target_peak_nm: P.TargetPeakNm = None,
+    target_peak_ev: P.TargetPeakEv = None,
+    tolerance_nm: P.ToleranceNm = 2.0,
+    max_fwhm_nm: P.MaxFwhmNm = None,
+    quality: P.Quality = targets.DEFAULT_QUALITY,
+    policy: P.TargetPolicy = "desirability-ei",
+    budget: P.Budget = 30,
+    initial: P.Initial = 6,
+    patience: P.Patience = 5,
+    surrogate: P.Surrogate = "gp",
+    in_flight: P.InFlightPolicy = "fail",
+    seed: P.Seed = 0,
+    data_root: P.DataRoot = None,
+    storage: P.OptunaStorage = None,
+    reactors: P.Reactors = 1,
+    remote_reactors: P.RemoteReactors = None,
+) -> dict[str, Any]:
+    """Reach a target emission peak (`target_peak_nm`, or `target_peak_ev`) within `tolerance_nm`
+    with the highest `quality` (a relative PLQY by default) and the narrowest FWHM at once, as
+    the Artificial Chemist did. The Optuna study is multi-objective (peak error, quality, FWHM);
+    a desirability (0-1) ranks the experiments. Stops at the budget, or once an experiment is on
+    target (peak within tolerance, FWHM <= `max_fwhm_nm` if given) and `patience` experiments
+    after the best on-target one did not beat it. Returns the best condition by desirability
+    and the Pareto front; publishes the front as a table and a figure. Running it again with the
+    same campaign name resumes it."""
+    target = targets.make_target(target_peak_nm, target_peak_ev, tolerance_nm=tolerance_nm,
+                                 max_fwhm_nm=max_fwhm_nm, quality=quality)
+    plan = CampaignPlan(campaign=campaign, policy=policy, budget=budget, initial=initial, surrogate=surrogate,
+                        seed=seed, in_flight=in_flight, storage=storage, data_root=data_root, target=target,
+                        patience=patience)
+    return _campaign_flow(plan, platform, seed, False, reactors, remote_reactors)

@@ -182,6 +182,43 @@ def cmd_twin_table(args) -> int:
     return 0
 
 
+def _print_target(summary: dict) -> None:
+    print(f"\ncampaign {summary['campaign']}: {summary.get('stopped_because', '')}")
+    print(summary["objective"])
+    print(f"experiments: {summary['experiments']} ({summary['completed']} completed, {summary['on_target']} on target)")
+    best = summary.get("best")
+    if best:
+        print(f"best by desirability: {best['experiment_id']}: peak {best['peak_nm']:.2f} nm, FWHM "
+              f"{best['fwhm_nm']:.2f} nm, quality {best['quality']:.4g}, desirability {best['desirability']:.3f}"
+              + ("" if best["on_target"] else " (NOT on target)"))
+        print("best condition: " + ", ".join(f"{k}={v:.4g}" for k, v in best["condition"].items()))
+    if "best_true" in summary:
+        true = summary["best_true"]
+        print(f"twin's truth there: peak {true['peak_nm']:.2f} nm, FWHM {true['fwhm_nm']:.2f} nm, "
+              f"quality {true['quality']:.4g}")
+    front = summary.get("pareto_front", [])
+    print(f"Pareto front of the {summary.get('pareto_of', 'experiments')}: {len(front)}")
+    for row in front:
+        print(f"  {row['experiment_id']}: peak {row['peak_nm']:.2f} nm, FWHM {row['fwhm_nm']:.2f} nm, "
+              f"quality {row['quality']:.4g}, desirability {row['desirability']:.3f}")
+    print(f"files: {summary.get('folder', '')}")
+
+
+def cmd_seek_target(args) -> int:
+    from flows.campaign import seek_target
+
+    with _quick_prefect():
+        summary = seek_target(campaign=args.campaign, platform=args.platform, target_peak_nm=args.target_nm,
+                              target_peak_ev=args.target_ev, tolerance_nm=args.tolerance_nm,
+                              max_fwhm_nm=args.max_fwhm_nm, quality=args.quality, policy=args.policy,
+                              budget=args.budget, initial=args.initial,
+                              patience=None if args.full_budget else args.patience, surrogate=args.surrogate,
+                              in_flight=args.in_flight, seed=args.seed or 0, data_root=args.data_root,
+                              storage=args.storage, reactors=args.reactors)
+    _print_target(summary)
+    return 0
+
+
 def cmd_procedure(args) -> int:
     from flows.procedures import rig_procedure
 
@@ -385,6 +422,30 @@ def build_parser() -> argparse.ArgumentParser:
     campaign_args(p, ["ivr", "mv", "random"], "ivr", 60)
     p.add_argument("--target-r2", type=float, default=0.8)
     p.set_defaults(func=cmd_explore)
+
+    p = sub.add_parser("seek-target", help="reach a target PL peak with the highest quality and the narrowest FWHM")
+    common(p, campaign=False)
+    p.add_argument("--campaign", required=True, help="campaign name; the same name resumes it")
+    peak = p.add_mutually_exclusive_group(required=True)
+    peak.add_argument("--target-nm", type=float, help="target PL peak wavelength (nm)")
+    peak.add_argument("--target-ev", type=float, help="target PL peak energy (eV)")
+    p.add_argument("--tolerance-nm", type=float, default=2.0, help="on target within this many nm (default 2)")
+    p.add_argument("--max-fwhm-nm", type=float, default=None, help="hard FWHM limit in nm (default none)")
+    p.add_argument("--quality", default="PL_A / (1 - 10 ** (-Abs_300))",
+                   help="what to maximise (default: a relative PLQY, PL area per absorbed excitation)")
+    p.add_argument("--policy", choices=["desirability-ei", "tpe", "random"], default="desirability-ei")
+    p.add_argument("--budget", type=int, default=30, help="experiments in total (failed ones count)")
+    p.add_argument("--initial", type=int, default=6, help="Latin-hypercube points before the policy")
+    p.add_argument("--patience", type=int, default=5,
+                   help="stop once on target and this many experiments after the best on-target one")
+    p.add_argument("--full-budget", action="store_true", help="never stop early: run the whole budget")
+    p.add_argument("--surrogate", choices=["gp", "ensemble"], default="gp")
+    p.add_argument("--in-flight", choices=["fail", "rerun"], default="fail",
+                   help="on resume, what to do with an experiment a crash interrupted")
+    p.add_argument("--storage", default=None, help="Optuna storage URL (default: SQLite under the data root)")
+    p.add_argument("--reactors", type=int, default=1,
+                   help="run on this many copies of a virtual/emulated platform at once")
+    p.set_defaults(func=cmd_seek_target)
 
     p = sub.add_parser("manufacture", help="hold a recipe for hours: QC, control charts, refills, yield")
     common(p, campaign=False)

@@ -63,3 +63,21 @@ Reactors = Annotated[int, form("copies of a virtual or emulated platform run at 
 RemoteReactors = Annotated[list[str] | None, form(
     "other reactors by their run-experiment deployment ('run-experiment/<reactor>'): same parameter space, "
     "and they must write to this campaign's data root")]
+
+TargetPeakNm = Annotated[float | None, form(
+    "target PL peak wavelength (nm), inside the platform's PL window; or give target_peak_ev", exclusiveMinimum=0)]
+TargetPeakEv = Annotated[float | None, form(
+    "target PL peak energy (eV), instead of target_peak_nm (1239.84 / nm)", exclusiveMinimum=0)]
+ToleranceNm = Annotated[float, form("on target when the measured peak is within this many nm of the target",
+                                    exclusiveMinimum=0)]
+MaxFwhmNm = Annotated[float | None, form(
+    "hard limit on the FWHM (nm): a wider emission is not on target; empty: no limit", exclusiveMinimum=0)]
+Quality = Annotated[str, form(
+    "what counts as quality, to maximise: a feature or a formula of features; default a relative PLQY, "
+    "PL area per share of the excitation absorbed (Abs_300 is the absorbance at the platform's abs_wavelength)")]
+TargetPolicy = Annotated[Literal["desirability-ei", "tpe", "random"], form(
+    "desirability-ei: a GP per objective, expected improvement of the desirability (Monte Carlo); "
+    "tpe: Optuna's multi-objective TPE; random")]
+Patience = Annotated[int | None, form(
+    "stop once on target and this many experiments after the best on-target one did not beat it; "
+    "empty: run the whole budget", minimum=0)]

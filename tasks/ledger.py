@@ -2,13 +2,17 @@
 
 One study per campaign, in an SQLite file under the data root by default or any SQLAlchemy URL.
 The paper's policies run as a custom Optuna sampler (`PolicySampler`); Optuna's TPE and GP
-samplers are peers. The Parquet dataset and the study together are the campaign's state:
-`reconcile` settles the trials a crash left running, so a campaign resumes where it stopped.
+samplers are peers. A target campaign's study is multi-objective (peak error, quality, FWHM:
+see `tasks/targets.py`); its policies run as `TargetSampler`, with Optuna's multi-objective TPE
+as the peer. The Parquet dataset and the study together are the campaign's state: `reconcile`
+settles the trials a crash left running, so a campaign resumes where it stopped.
 """
 
 from __future__ import annotations
 
+import math
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -20,11 +24,12 @@ from optuna.trial import FrozenTrial, TrialState
 
 from hardware.errors import SdflInputError
 from hardware.platform import PlatformConfig
-from tasks.proposal import POLICIES, PolicySettings, propose
+from tasks.proposal import POLICIES, PolicySettings, propose, propose_by_desirability, random_points
 from tasks.storage import data_root, experiment_path, read_experiments
 from tasks.surrogate import SurrogateKind, from_unit, to_unit
 
 SAMPLERS = (*POLICIES, "tpe", "gp")
+TARGET_SAMPLERS = ("desirability-ei", "random", "tpe")
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 
@@ -96,6 +101,69 @@ class PolicySampler(BaseSampler):
         return self._fallback.sample_independent(study, trial, param_name, param_distribution)
 
 
+class TargetSampler(BaseSampler):
+    """Our policies for a target campaign (multi-objective study) as an Optuna sampler.
+
+    "desirability-ei": one surrogate each for the peak (nm), the quality and the FWHM, trained
+    on the completed trials; the next condition maximises the expected improvement of the
+    target's desirability (`tasks.proposal.propose_by_desirability`). "random": a uniform random
+    point that keeps the rules. Running trials are pending; enqueued trials are left alone.
+    """
+
+    def __init__(self, platform: PlatformConfig, objective, policy: str = "desirability-ei",
+                 surrogate: SurrogateKind = "gp", seed: int = 0, feasible=None):
+        if policy not in TARGET_SAMPLERS or policy == "tpe":
+            raise SdflInputError(f"unknown target policy {policy!r}; choose one of {TARGET_SAMPLERS}")
+        self.platform, self.objective, self.policy = platform, objective, policy
+        self.surrogate, self.seed = surrogate, seed
+        self.feasible = feasible or (lambda u: True)
+        self._fallback = RandomSampler(seed=seed)
+        self.last_models = None
+
+    def infer_relative_search_space(self, study, trial):
+        return distributions(self.platform)
+
+    def sample_relative(self, study, trial, search_space):
+        from tasks.targets import MeasuredDesirability, desirability_for, errors_from_peaks
+
+        if not search_space or "fixed_params" in trial.system_attrs:
+            return {}
+        X, Y = target_observations(study, self.platform)
+        # one independent stream per (campaign seed, trial): seed + trial would give seeds 1 and 2
+        # the same points one trial apart
+        rng_seed = int(np.random.SeedSequence([self.seed, trial.number]).generate_state(1)[0]) % 2**31
+        d = len(self.platform.parameters)
+        if self.policy == "random" or len(Y) < 2:
+            point = random_points(d, 1, np.random.default_rng(rng_seed), self.feasible)[0]
+        else:
+            running = [t for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+                       if t.number != trial.number and t.params]
+            pending = to_unit(self.platform, [[t.params[n] for n in self.platform.parameter_names]
+                                              for t in running]) if running else None
+            target = self.objective.target
+            desirability = MeasuredDesirability(desirability_for(target, errors_from_peaks(Y, target)), target)
+            points, self.last_models = propose_by_desirability(
+                to_unit(self.platform, X), Y, desirability, surrogate=self.surrogate, seed=rng_seed,
+                pending=pending, feasible=self.feasible)
+            point = points[0]
+        values = from_unit(self.platform, point)
+        return {name: float(v) for name, v in zip(self.platform.parameter_names, values)}
+
+    def sample_independent(self, study, trial, param_name, param_distribution):
+        return self._fallback.sample_independent(study, trial, param_name, param_distribution)
+
+
+def make_target_sampler(name: str, platform: PlatformConfig, objective, surrogate: SurrogateKind, seed: int,
+                        feasible=None) -> BaseSampler:
+    """The sampler of a target campaign: ours, random, or Optuna's multi-objective TPE (which reads
+    the hard limits from the trials' constraints)."""
+    if name == "tpe":
+        return optuna.samplers.TPESampler(seed=seed, n_startup_trials=0, multivariate=True)
+    if name in TARGET_SAMPLERS:
+        return TargetSampler(platform, objective, name, surrogate, seed, feasible)
+    raise SdflInputError(f"unknown target policy {name!r}; choose one of {list(TARGET_SAMPLERS)}")
+
+
 def make_sampler(name: str, platform: PlatformConfig, surrogate: SurrogateKind, seed: int,
                  prior=None, settings: PolicySettings = PolicySettings(), feasible=None) -> BaseSampler:
     if name in POLICIES:
@@ -113,21 +181,25 @@ def make_sampler(name: str, platform: PlatformConfig, surrogate: SurrogateKind, 
 
 
 def open_study(campaign: str, platform: PlatformConfig, objective: str, storage: str,
-               sampler: BaseSampler) -> tuple[optuna.Study, bool]:
+               sampler: BaseSampler, directions: Sequence[str] | None = None) -> tuple[optuna.Study, bool]:
     """Create the campaign's study or load it (checking it is the same space and objective).
 
-    Returns (study, created).
+    `directions`: one per objective for a multi-objective study (a target campaign); default a
+    single objective to maximise. Returns (study, created).
     """
+    directions = list(directions or ["maximize"])
     existing = {s.study_name for s in optuna.get_all_study_summaries(storage)}
-    study = optuna.create_study(study_name=campaign, storage=storage, sampler=sampler,
-                                direction="maximize", load_if_exists=True)
     if campaign not in existing:
+        study = optuna.create_study(study_name=campaign, storage=storage, sampler=sampler,
+                                    directions=directions, load_if_exists=True)
         study.set_user_attr("platform", platform.platform.name)
         study.set_user_attr("space", space_signature(platform))
         study.set_user_attr("objective", objective)
         return study, True
+    study = optuna.load_study(study_name=campaign, storage=storage, sampler=sampler)
     attrs = study.user_attrs
-    if attrs.get("space") != space_signature(platform) or attrs.get("objective") != objective:
+    same_directions = [d.name.lower() for d in study.directions] == directions
+    if attrs.get("space") != space_signature(platform) or attrs.get("objective") != objective or not same_directions:
         raise SdflInputError(
             f"campaign {campaign!r} already exists with platform {attrs.get('platform')!r}, objective "
             f"{attrs.get('objective')!r} and another parameter space; resume it with the same settings or "
@@ -145,6 +217,34 @@ def observations(study: optuna.Study, platform: PlatformConfig) -> tuple[np.ndar
     return X, y
 
 
+def target_observations(study: optuna.Study, platform: PlatformConfig) -> tuple[np.ndarray, np.ndarray]:
+    """Completed trials of a target study as (X in parameter units, Y = (peak nm, quality, FWHM))."""
+    done = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+            if t.values is not None and len(t.values) == 3 and "peak_nm" in t.user_attrs]
+    names = platform.parameter_names
+    X = np.array([[t.params[n] for n in names] for t in done], dtype=float).reshape(-1, len(names))
+    Y = np.array([[t.user_attrs["peak_nm"], t.values[1], t.values[2]] for t in done], dtype=float).reshape(-1, 3)
+    return X, Y
+
+
+def tell_completed(study: optuna.Study, trial, values, objective=None, row: dict | None = None) -> None:
+    """Tell a finished experiment's value(s); a target objective first annotates the trial with
+    its measured peak (user attribute) and its hard limits (Optuna constraints)."""
+    annotate = getattr(objective, "annotations", None)
+    if annotate is not None and row is not None:
+        attrs, constraints = annotate(row)
+        for key, value in attrs.items():
+            trial.set_user_attr(key, value)
+        for key, value in constraints.items():
+            trial.set_constraint(key, value)
+    study.tell(trial, values)
+
+
+def is_number(values) -> bool:
+    """A value, or every value of a vector, is a finite number."""
+    return all(math.isfinite(v) for v in np.atleast_1d(np.asarray(values, dtype=float)))
+
+
 def finished(study: optuna.Study) -> list[FrozenTrial]:
     return study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.FAIL))
 
@@ -160,7 +260,8 @@ def reconcile(study: optuna.Study, campaign: str, root, objective_fn, in_flight:
               record_failure=None) -> Reconciled:
     """Settle trials left RUNNING by a crash, from what the dataset says happened.
 
-    - a completed experiment row: told COMPLETE with its objective (it finished; the tell was lost);
+    - a completed experiment row: told COMPLETE with its objective, a single value or a target's
+      vector (it finished; the tell was lost);
     - a failed row: told FAIL;
     - no row: the experiment was in flight; `record_failure(trial)` writes it as crashed, the
       trial is told FAIL, and with in_flight="rerun" its condition is queued again.
@@ -173,18 +274,22 @@ def reconcile(study: optuna.Study, campaign: str, root, objective_fn, in_flight:
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         experiment_id = trial.user_attrs.get("experiment_id") or experiment_id_for(campaign, trial.number)
         row = by_id.get(experiment_id)
-        if row is not None and row["status"] == "completed":
-            study.tell(trial.number, objective_fn(row))
-            out.completed.append(trial.number)
-            continue
-        if row is None and record_failure is not None:
-            record_failure(trial, experiment_id)
         # A still-running trial can be reopened by id to annotate it before it is told.
-        optuna.trial.Trial(study, trial._trial_id).set_user_attr(
-            "failure_reason", "interrupted: the process stopped mid-experiment")
+        handle = optuna.trial.Trial(study, trial._trial_id)
+        if row is not None and row["status"] == "completed":
+            values = objective_fn(row)
+            if is_number(values):
+                tell_completed(study, handle, values, objective_fn, row)
+                out.completed.append(trial.number)
+                continue
+            handle.set_user_attr("failure_reason", "the recorded experiment gives no number for the objective")
+        else:
+            if row is None and record_failure is not None:
+                record_failure(trial, experiment_id)
+            handle.set_user_attr("failure_reason", "interrupted: the process stopped mid-experiment")
         study.tell(trial.number, state=TrialState.FAIL)
         out.failed.append(trial.number)
-        if in_flight == "rerun" and trial.params:
+        if in_flight == "rerun" and trial.params and (row is None or row["status"] != "completed"):
             study.enqueue_trial(dict(trial.params), user_attrs={"rerun_of": trial.number})
             out.rerun.append(trial.number)
     return out

@@ -12,6 +12,11 @@ Policies (all maximise; points live in the unit cube of the parameter space):
 - `random`: uniform random (a baseline).
 Optuna's TPE (and GP, when torch is installed) are peers through `tasks/ledger.py`.
 
+For several objectives folded into a desirability (target campaigns, `tasks/targets.py`):
+- `desirability-ei`: one surrogate per modelled quantity; the expected improvement of the
+  desirability over the best measured one, by Monte Carlo over the surrogates' posteriors
+  (`propose_by_desirability`).
+
 The acquisition is maximised over quasi-random candidates, local perturbations of the best
 observations, then a bounded L-BFGS polish. A batch of q points uses the kriging believer: each
 chosen point is added with its predicted mean (and raises the incumbent for EI) before the next
@@ -34,6 +39,7 @@ from tasks.surrogate import SurrogateKind, make_surrogate
 
 Policy = Literal["mv", "ivr", "ei", "ucb", "eplt", "random"]
 POLICIES: tuple[str, ...] = ("mv", "ivr", "ei", "ucb", "eplt", "random")
+DESIRABILITY_POLICIES: tuple[str, ...] = ("desirability-ei", "random")
 
 N_CANDIDATES = 2048
 N_LOCAL = 512
@@ -43,6 +49,8 @@ N_REFERENCE = 256
 MAX_RANDOM_DRAWS = 100_000
 MIN_SEPARATION = 0.01
 """Two points of one batch closer than this (in the unit cube) would be the same experiment twice."""
+N_POSTERIOR_SAMPLES = 128
+"""Monte Carlo draws per candidate for the expected desirability (the same draws for every candidate)."""
 
 
 @dataclass(frozen=True)
@@ -166,15 +174,7 @@ def propose(
     d = X.shape[1]
     rng = np.random.default_rng(seed)
     if policy == "random":
-        points = []
-        for _ in range(MAX_RANDOM_DRAWS):
-            u = rng.random(d)
-            if feasible(u):
-                points.append(u)
-                if len(points) == q:
-                    return np.array(points), None
-        raise RuntimeError(f"no feasible candidate: {MAX_RANDOM_DRAWS} random points gave {len(points)} of {q} "
-                           "that pass the formulation rules; check the bounds against the rules")
+        return random_points(d, q, rng, feasible), None
     train_X, train_y = X, y
     if prior is not None and len(prior[1]):
         train_X, train_y = np.vstack([prior[0], X]), np.concatenate([prior[1], y])
@@ -211,3 +211,103 @@ def propose(
             train_X, train_y = np.vstack([train_X, point]), np.concatenate([train_y, believed])
             model.fit(train_X, train_y)
     return np.array(points), model
+
+
+def random_points(d: int, q: int, rng: np.random.Generator,
+                  feasible: Callable[[np.ndarray], bool] = lambda u: True) -> np.ndarray:
+    """`q` uniform random unit-cube points that pass `feasible()` (the random policy)."""
+    points = []
+    for _ in range(MAX_RANDOM_DRAWS):
+        u = rng.random(d)
+        if feasible(u):
+            points.append(u)
+            if len(points) == q:
+                return np.array(points)
+    raise RuntimeError(f"no feasible candidate: {MAX_RANDOM_DRAWS} random points gave {len(points)} of {q} "
+                       "that pass the formulation rules; check the bounds against the rules")
+
+
+def expected_desirability_gain(means: np.ndarray, sds: np.ndarray, desirability, best: float,
+                               draws: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Monte Carlo over independent Gaussian posteriors of each modelled quantity.
+
+    means, sds: (n, k); draws: (s, k) standard normal draws, shared by all candidates so scores
+    are smooth in the candidate. Returns, per candidate, the expected improvement of the
+    desirability over `best`, the expected desirability and the expected shortfall (how far
+    outside the acceptable ranges).
+    """
+    samples = means[None, :, :] + sds[None, :, :] * draws[:, None, :]
+    values = desirability(samples)
+    gain = np.maximum(values - best, 0.0).mean(axis=0)
+    shortfall = desirability.shortfall(samples).mean(axis=0) if hasattr(desirability, "shortfall") else 0.0 * gain
+    return gain, values.mean(axis=0), shortfall
+
+
+def propose_by_desirability(
+    X: np.ndarray,
+    Y: np.ndarray,
+    desirability,
+    *,
+    q: int = 1,
+    surrogate: SurrogateKind = "gp",
+    seed: int = 0,
+    pending: np.ndarray | None = None,
+    feasible: Callable[[np.ndarray], bool] = lambda u: True,
+    samples: int = N_POSTERIOR_SAMPLES,
+) -> tuple[np.ndarray, list]:
+    """Next `q` unit-cube points that most raise the expected desirability. Returns (points, models).
+
+    Y (n, k) holds the modelled quantities of each observation (e.g. peak nm, quality, FWHM);
+    `desirability(Y)` maps arrays (..., k) to 0-1 (and may offer `shortfall(Y)`, >= 0, how far
+    outside its acceptable ranges). One surrogate per column of Y. The score is the expected
+    improvement of the desirability over the best one at the observed points (by the surrogates'
+    means: measurements are noisy); where no candidate can improve
+    it, the expected desirability; where that is 0 everywhere, the smallest expected shortfall
+    (towards the acceptable ranges). Batches and running experiments are handled as in
+    `propose` (kriging believer on every surrogate, 1 % separation, `feasible()` on every point).
+    """
+    X, Y = np.asarray(X, dtype=float), np.asarray(Y, dtype=float)
+    if X.ndim != 2 or Y.ndim != 2 or len(X) != len(Y):
+        raise ValueError(f"X must be (n, d) and Y (n, k) with one row per observation; got X {X.shape}, Y {Y.shape}")
+    d, k = X.shape[1], Y.shape[1]
+    rng = np.random.default_rng(seed)
+    if len(Y) < 2:
+        raise ValueError(f"a desirability policy needs at least 2 observations to train its surrogates (has "
+                         f"{len(Y)}); start with an initial design")
+    train_X, train_Y = X, Y
+    models = [make_surrogate(surrogate, seed + j).fit(train_X, train_Y[:, j]) for j in range(k)]
+    if pending is not None and len(pending):
+        believed = np.column_stack([m.predict(pending)[0] for m in models])
+        train_X, train_Y = np.vstack([train_X, pending]), np.vstack([train_Y, believed])
+        models = [m.fit(train_X, train_Y[:, j]) for j, m in enumerate(models)]
+    draws = rng.standard_normal((samples, k))
+    # the incumbent: the best desirability of the surrogates' means at the observed points, not of the
+    # noisy measurements (a lucky noisy measurement would otherwise hold EI at one spot)
+    best = float(np.max(desirability(np.column_stack([m.predict(X)[0] for m in models]))))
+    points: list[np.ndarray] = []
+    taken = [] if pending is None else list(np.atleast_2d(pending))
+    for _ in range(q):
+        def posterior(U, models=models):
+            pairs = [m.predict(U) for m in models]
+            return np.column_stack([p[0] for p in pairs]), np.column_stack([p[1] for p in pairs])
+
+        candidates = _candidates(train_X, desirability(train_Y), d, rng)
+        gain, expected, shortfall = expected_desirability_gain(*posterior(candidates), desirability, best, draws)
+        which = 0 if gain.max() > 0 else 1 if expected.max() > 0 else 2
+
+        def score(U, which=which, best=best, posterior=posterior):
+            parts = expected_desirability_gain(*posterior(U), desirability, best, draws)
+            return -parts[2] if which == 2 else parts[which]
+
+        def new_and_feasible(u, taken=tuple(taken)):
+            return all(np.linalg.norm(u - t) > MIN_SEPARATION for t in taken) and feasible(u)
+
+        point = _maximise(score, candidates, new_and_feasible)
+        points.append(point)
+        taken.append(point)
+        if len(points) < q:  # kriging believer on every surrogate
+            believed = np.column_stack([m.predict(point[None, :])[0] for m in models])
+            best = max(best, float(desirability(believed)[0]))
+            train_X, train_Y = np.vstack([train_X, point]), np.vstack([train_Y, believed])
+            models = [m.fit(train_X, train_Y[:, j]) for j, m in enumerate(models)]
+    return np.array(points), models
