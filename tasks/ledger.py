@@ -54,6 +54,12 @@ def experiment_id_for(campaign: str, trial_number: int) -> str:
     return f"{campaign}-t{trial_number:04d}"
 
 
+def trial_seed(campaign_seed: int, trial_number: int) -> int:
+    """An independent random stream per (campaign seed, trial). `seed + trial` would give seeds
+    1 and 2 the same draws one trial apart, so benchmark seeds would not be independent."""
+    return int(np.random.SeedSequence([campaign_seed, trial_number]).generate_state(1)[0]) % 2**31
+
+
 class PolicySampler(BaseSampler):
     """The paper's policies (MV, EI, UCB, EPLT, random) as an Optuna sampler.
 
@@ -90,7 +96,7 @@ class PolicySampler(BaseSampler):
         pending = to_unit(self.platform, [[t.params[n] for n in self.platform.parameter_names] for t in running]) \
             if running else None
         points, model = propose(policy, to_unit(self.platform, X) if len(y) else np.empty((0, len(search_space))),
-                                y, surrogate=self.surrogate, seed=self.seed + trial.number, pending=pending,
+                                y, surrogate=self.surrogate, seed=trial_seed(self.seed, trial.number), pending=pending,
                                 prior=self.prior, feasible=self.feasible, settings=self.settings, model=self._model)
         if model is not None:
             self._model = self.last_model = model
@@ -131,7 +137,7 @@ class TargetSampler(BaseSampler):
         X, Y = target_observations(study, self.platform)
         # one independent stream per (campaign seed, trial): seed + trial would give seeds 1 and 2
         # the same points one trial apart
-        rng_seed = int(np.random.SeedSequence([self.seed, trial.number]).generate_state(1)[0]) % 2**31
+        rng_seed = trial_seed(self.seed, trial.number)
         d = len(self.platform.parameters)
         if self.policy == "random" or len(Y) < 2:
             point = random_points(d, 1, np.random.default_rng(rng_seed), self.feasible)[0]

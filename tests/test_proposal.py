@@ -380,3 +380,12 @@ def test_tpe_is_a_peer_of_the_policies():
 def test_optuna_gp_sampler_without_torch_says_what_to_install():
     with pytest.raises(SdflInputError, match="torch"):
         make_sampler("gp", PLATFORM, "gp", seed=0)
+
+
+def test_campaign_seeds_give_independent_streams_per_trial():
+    """seed + trial would make seed 2's trial n repeat seed 1's trial n + 1."""
+    from tasks.ledger import trial_seed
+
+    streams = {(seed, n): trial_seed(seed, n) for seed in range(1, 11) for n in range(30)}
+    assert len(set(streams.values())) == len(streams)
+    assert trial_seed(2, 5) != trial_seed(1, 6) and trial_seed(3, 0) == trial_seed(3, 0)
