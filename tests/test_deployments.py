@@ -126,6 +126,18 @@ def test_the_deployments_show_typed_forms_on_the_reactor_pool(lab):
     assert limit["limit"] == 1 and limit["active"]
 
 
+def test_the_other_reactors_get_their_own_pools_and_deployments(lab):
+    green = lab.deployment("seek-target")
+    assert green["work_pool_name"] == "reactor-virtual-cspbbr3-oaoam"
+    assert green["parameters"]["target_peak_nm"] == 516.0 and green["parameters"]["max_fwhm_nm"] == 18.0
+    assert "target_peak_ev" in green["parameter_openapi_schema"]["properties"]
+    cascade = lab.deployment("rig-procedure")
+    assert cascade["work_pool_name"] == "reactor-virtual-inp-zns"
+    assert cascade["parameter_openapi_schema"]["properties"]["procedure"]["enum"] == ["startup", "shutdown"]
+    for reactor in ("virtual-cspbbr3-oaoam", "virtual-inp-zns"):
+        assert lab.http.get(f"/v2/concurrency_limits/reactor-{reactor}").json()["limit"] == 1
+
+
 def test_a_run_started_like_the_ui_records_parquet_and_artifacts(lab):
     root = lab.data / "ui"
     reply = lab.trigger("optimize", {"campaign": "ui", "budget": 3, "initial": 2, "platform": REACTOR,
