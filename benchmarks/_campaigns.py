@@ -20,11 +20,20 @@ import numpy as np
 BRIGHTNESS = "PL_A / (1 - 10 ** (-Abs_300))"
 """PL per absorbed excitation (Abs_300 is the absorbance at the platform's excitation line): a
 PLQY proxy, the objective of the platforms whose papers optimise quantum yield."""
-OBJECTIVES = {"virtual-cs3cu2i5": "PL_I", "virtual-cspbbr3": BRIGHTNESS, "virtual-cspbbr3-oaoam": BRIGHTNESS,
-              "virtual-inp-zns": BRIGHTNESS}
 PLATFORM = os.environ.get("SDFL_BENCH_PLATFORM", "virtual-cs3cu2i5")
 """The platform every job runs on (policies.py --platform sets it for its worker processes)."""
-OBJECTIVE = os.environ.get("SDFL_BENCH_OBJECTIVE") or OBJECTIVES.get(PLATFORM, "PL_I")
+
+
+def platform_objective(name: str) -> str:
+    """PL_I on the default platform (paper 003's objective); elsewhere the platform's PLQY proxy."""
+    if name == "virtual-cs3cu2i5":
+        return "PL_I"
+    from hardware.platform import load_platform
+
+    return load_platform(name).features.plqy_proxy or BRIGHTNESS
+
+
+OBJECTIVE = os.environ.get("SDFL_BENCH_OBJECTIVE") or platform_objective(PLATFORM)
 REFILL_BELOW = 0.2
 """An operator refills every syringe when one holds less than this share of its volume."""
 

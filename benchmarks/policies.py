@@ -406,7 +406,7 @@ def main() -> None:
     parser.add_argument("--no-overhead", action="store_true", help="skip the overhead measurement (5)")
     parser.add_argument("--platform", default=C.PLATFORM, help=(
         f"a virtual platform, or 'all' for every shipped one in turn (default {C.PLATFORM}); the "
-        "objective is the platform's (PL_I, or the PLQY proxy PL_A / (1 - 10 ** (-Abs_300)))"))
+        "objective is the platform's: PL_I, or its PLQY proxy ([features] plqy_proxy)"))
     parser.add_argument("--out", default=None, help="default: results/policies.md (or policies-<platform>.md)")
     parser.add_argument("--seeds-from", default=None,
                         help="reuse the seed campaigns saved by an earlier run (<out>.seeds.pkl); runs only (5)")

@@ -197,6 +197,8 @@ class SpectrometerConfig(_Strict):
     min_integration: Seconds = Field(gt=0)
     max_integration: Seconds = Field(gt=0)
     max_counts: float = Field(gt=0)
+    path_length: Millimetres = Field(default=1.016, gt=0, description=(
+        "optical path of the flow cell this spectrometer looks through (0.04 inch tubing by default)"))
     device: dict[str, Any] = Field(default_factory=dict)
 
     @model_validator(mode="after")
@@ -295,6 +297,9 @@ class FeaturesConfig(_Strict):
     side_peaks: dict[str, Nanometres] = Field(default_factory=dict)
     side_peak_ratio_flag: float = Field(default=0.1, gt=0)
     min_snr: float = Field(default=10.0, gt=0)
+    plqy_proxy: str | None = Field(default=None, description=(
+        "this platform's relative PLQY as a formula of features (PL per absorbed excitation); empty: "
+        "PL_A / (1 - 10 ** (-Abs_300)), right when the PL and absorbance cells have the same path"))
 
 
 class ValveConfig(_Strict):

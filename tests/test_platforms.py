@@ -121,8 +121,9 @@ def test_bad_platform_edits_are_refused_with_the_reason(tmp_path, edit, message)
 
 
 def brightness(table):
-    """PL per absorbed excitation: the measured PLQY proxy (Abs_300 is the absorbance at 405 nm)."""
-    return table["PL_A"] / (1.0 - 10.0 ** (-table["Abs_300"]))
+    """PL per absorbed excitation: the platform's measured PLQY proxy (Abs_300 is the absorbance at
+    405 nm in the 10 mm cell; the PL cell is 1 mm)."""
+    return table["PL_A"] / (1.0 - 10.0 ** (-0.1 * table["Abs_300"]))
 
 
 @pytest.fixture(scope="module")
@@ -199,3 +200,12 @@ def test_a_driver_rig_with_heater_zones_is_refused(tmp_path):
     path.write_text('[platform]\nname = "rig-cascade"\nkind = "real"\nbase = "virtual-inp-zns"\n')
     with pytest.raises(PlatformConfigError, match="driver-based rigs support one heater"):
         load_platform(path)
+
+
+def test_a_target_defaults_to_the_platforms_own_plqy_proxy():
+    from tasks.targets import DEFAULT_QUALITY, check_target, make_target
+
+    green = check_target(make_target(peak_nm=516.0, max_fwhm_nm=18.0), load_platform(OAOAM))
+    assert green.target.quality == "PL_A / (1 - 10 ** (-0.1 * Abs_300))"
+    default = check_target(make_target(peak_nm=450.0), load_platform())
+    assert default.target.quality == DEFAULT_QUALITY

@@ -78,6 +78,10 @@ class VirtualLab:
         self._last_droplets_formed = np.zeros(0)
         self._clog_handled = False
 
+    def path_factor(self, role: str) -> float:
+        """The flow cell's optical path relative to the default 0.04 inch bore."""
+        return self.platform.spectrometers[role].path_length / 10.0 / FLOW_CELL_PATH_CM
+
     @property
     def excitation_nm(self) -> float:
         """Centre of the PL excitation source (300 nm when the config does not say)."""
@@ -228,12 +232,14 @@ class VirtualLab:
         live = weights * (~blank)
         if role == "pl":
             flicker = 1.0 + self._ou("pl", v.pl_noise)  # excitation LED output
-            return flicker * pl_signal(wl, outcome, live, reactive, amount, self.platform.spectrometers["pl"].resolution,
+            return flicker * pl_signal(wl, outcome, live, reactive, amount * self.path_factor("pl"),
+                                       self.platform.spectrometers["pl"].resolution,
                                        self.excitation_nm)
         hours = self.clock.now() / 3600.0
         lamp = 1.0 - v.lamp_drift_per_hour * hours
         offsets = np.where(blank, 0.0, self.visit_offsets(self._last_droplets_formed))
-        return abs_signal(wl, outcome, live, weights, reactive, amount * (1.0 + self._ou("abs", v.absorbance_noise)),
+        return abs_signal(wl, outcome, live, weights, reactive,
+                          amount * self.path_factor("abs") * (1.0 + self._ou("abs", v.absorbance_noise)),
                           self.platform.spectrometers["abs"].resolution, lamp, offsets)
 
     # --- noiseless steady state, for tests and benchmarks --------------------------------
@@ -289,10 +295,11 @@ class VirtualLab:
         reactive = precursor / (precursor + carrier_flow)
         wl_pl = self.spectrometers["pl"].wavelengths()
         wl_abs = self.spectrometers["abs"].wavelengths()
-        pl = pl_signal(wl_pl, outcome, ones, reactive, 1.0, self.platform.spectrometers["pl"].resolution,
+        pl = pl_signal(wl_pl, outcome, ones, reactive, self.path_factor("pl"), self.platform.spectrometers["pl"].resolution,
                        self.excitation_nm, per_droplet=True)
         res = self.platform.spectrometers["abs"].resolution
-        sample = abs_signal(wl_abs, outcome, ones, ones, reactive, 1.0, res, 1.0, 0.0, per_droplet=True)
+        sample = abs_signal(wl_abs, outcome, ones, ones, reactive, self.path_factor("abs"), res, 1.0, 0.0,
+                            per_droplet=True)
         blank = OpticalOutcome(emission=[], absorption=[])
         reference = abs_signal(wl_abs, blank, np.zeros(1), np.ones(1), np.ones(1), 1.0, res, 1.0, 0.0)
         return pl, sample, np.broadcast_to(reference, sample.shape)
