@@ -330,7 +330,7 @@ def report(args, target, best: dict, results: list[dict], wall: float, note: str
         w(f"Measurement against truth over all {int(ok.sum())} experiments: peak {np.std(measured[ok, 0] - true[ok, 0]):.2f} "
           f"nm sd, FWHM {np.std(measured[ok, 2] - true[ok, 2]):.2f} nm sd, quality measured/true "
           f"{np.median(ratio):.2f} median with {100 * np.std(ratio) / np.median(ratio):.0f} % relative sd (the "
-          "relative PLQY divides by a small absorbance).")
+          "relative PLQY divides by the measured absorbance).")
     if args.strict < args.within:
         strict_share = float(successes(Yd, target, best, args.strict).mean())
         w("")
@@ -407,7 +407,9 @@ def main() -> None:
                 f"`{FALLBACK_PLATFORM}` with its fixed ~449 nm peak instead: target 450 nm, no FWHM limit.")
         log(note)
         args.platform, args.target_nm, args.no_fwhm_limit = FALLBACK_PLATFORM, 450.0, True
-    target = make_target(args)
+    from tasks.targets import check_target
+
+    target = check_target(make_target(args), load_platform(args.platform)).target  # the platform's PLQY proxy
     t0 = time.perf_counter()
     log(f"best achievable on {args.platform} for {target.describe()} ...")
     best = best_achievable(args.platform, target)
