@@ -13,6 +13,7 @@ import shutil
 import tempfile
 import time
 import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -36,6 +37,22 @@ def platform_objective(name: str) -> str:
 OBJECTIVE = os.environ.get("SDFL_BENCH_OBJECTIVE") or platform_objective(PLATFORM)
 REFILL_BELOW = 0.2
 """An operator refills every syringe when one holds less than this share of its volume."""
+
+
+@contextmanager
+def one_blas_thread_per_worker():
+    """Spawned workers start with one BLAS/OpenMP thread (they share the cores); restored after."""
+    threads = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+    saved = {name: os.environ.get(name) for name in threads}
+    os.environ.update({name: "1" for name in threads})
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 def worker_init() -> None:

@@ -127,13 +127,10 @@ def describe(job: tuple) -> str:
 
 def run_seeds(cfg: dict, processes: int, optimum_root: str) -> list[dict]:
     todo = jobs(cfg, optimum_root)
-    threads = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
-    saved = {name: os.environ.get(name) for name in threads}
-    os.environ.update({name: "1" for name in threads})  # one BLAS thread per worker: they share the cores
     context = multiprocessing.get_context("spawn")
     results = []
     t0 = time.perf_counter()
-    try:
+    with C.one_blas_thread_per_worker():
         with context.Pool(processes, initializer=C.worker_init) as pool:
             for i, result in enumerate(pool.imap_unordered(C.run_job, todo), 1):
                 results.append(result)
@@ -141,12 +138,6 @@ def run_seeds(cfg: dict, processes: int, optimum_root: str) -> list[dict]:
                          else result["job"] + (f" seed {result['seed']}" if "seed" in result else ""))
                 log(f"[{i}/{len(todo)}] {label}: {result['job_wall']:.1f} s "
                     f"(elapsed {time.perf_counter() - t0:.0f} s)")
-    finally:
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
     return results
 
 

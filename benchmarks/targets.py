@@ -93,7 +93,7 @@ def truth(platform_name: str, target, X: np.ndarray) -> np.ndarray:
                 formulate(row, config)
                 ok.append(i)
             except SdflInputError:
-                pass
+                pass  # infeasible: its row stays NaN (not a condition anyone could run)
     if ok:
         table = twin.features([rows[i] for i in ok]).to_dict(orient="records")
         out[ok] = np.array([objective.measured(r) for r in table], dtype=float)
@@ -215,22 +215,13 @@ def job(kwargs: dict) -> dict:
 
 
 def run_jobs(todo: list[dict], processes: int) -> list[dict]:
-    threads = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
-    saved = {name: os.environ.get(name) for name in threads}
-    os.environ.update({name: "1" for name in threads})  # one BLAS thread per worker: they share the cores
     results, t0 = [], time.perf_counter()
-    try:
+    with C.one_blas_thread_per_worker():
         with multiprocessing.get_context("spawn").Pool(processes, initializer=C.worker_init) as pool:
             for i, result in enumerate(pool.imap_unordered(job, todo), 1):
                 results.append(result)
                 log(f"[{i}/{len(todo)}] {result['policy']} seed {result['seed']}: {result['wall']:.1f} s "
                     f"(elapsed {time.perf_counter() - t0:.0f} s)")
-    finally:
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
     return results
 
 
