@@ -239,6 +239,15 @@ class PlatformConfig(_Strict):
         return next(s for s in self.path if s.reactor)
 
     @property
+    def reaction_segments(self) -> list[int]:
+        """Indices of the path segments whose time is the reaction time: those of the zone the
+        reaction-time parameter names, else the reactor segments."""
+        zones = next((p.zones for p in self.parameters if p.kind == "reaction_time"), [])
+        if zones:
+            return [i for i, seg in enumerate(self.path) if seg.zone == zones[0]]
+        return [i for i, seg in enumerate(self.path) if seg.reactor]
+
+    @property
     def reactor_volume(self) -> float:
         """Volume of all reactor segments (uL)."""
         return sum(s.volume for s in self.path if s.reactor)

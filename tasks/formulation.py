@@ -86,15 +86,6 @@ def path_flows(platform: PlatformConfig, stream_flows: dict[str, float], carrier
     return out
 
 
-def reaction_segments(platform: PlatformConfig) -> list[int]:
-    """Indices of the segments whose time is the reaction time: those of the zone the
-    reaction-time parameter names, else the reactor segments."""
-    zones = next((p.zones for p in platform.parameters if p.kind == "reaction_time"), [])
-    if zones:
-        return [i for i, seg in enumerate(platform.path) if seg.zone == zones[0]]
-    return [i for i, seg in enumerate(platform.path) if seg.reactor]
-
-
 @dataclass(frozen=True)
 class Residence:
     """Times along the path at one set of flows."""
@@ -125,7 +116,7 @@ def residence(platform: PlatformConfig, stream_flows: dict[str, float], carrier_
     for seg, t in zip(platform.path, times, strict=True):
         if seg.zone:
             zones[seg.zone] = zones.get(seg.zone, 0.0) + t
-    t_R = sum(times[i] for i in reaction_segments(platform))
+    t_R = sum(times[i] for i in platform.reaction_segments)
     return Residence(t_R, tau, tau**2 / variance, zones)
 
 
@@ -189,7 +180,7 @@ def formulate(
             raise InfeasibleCondition("reaction_time", f"reaction time must be positive, got {reaction_time:g} s")
         shares = stream_ratios(platform)
         per_leader = path_flows(platform, shares, ratio * sum(shares.values()))
-        leader_flow = sum(platform.path[i].volume / per_leader[i] for i in reaction_segments(platform)) \
+        leader_flow = sum(platform.path[i].volume / per_leader[i] for i in platform.reaction_segments) \
             * 60.0 / reaction_time
         stream_flows = {name: share * leader_flow for name, share in shares.items()}
         fractions = {p.pump: condition[p.name] for p in platform.parameters if p.kind == "fraction"}

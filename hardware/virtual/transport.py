@@ -102,14 +102,6 @@ def mix_stocks(platform: PlatformConfig, rates: dict[str, float | np.ndarray]) -
     return molar, fraction
 
 
-def _reaction_segments(platform: PlatformConfig) -> list[int]:
-    """Segments whose time is the reaction time (mirrors tasks.formulation.reaction_segments)."""
-    zones = next((p.zones for p in platform.parameters if p.kind == "reaction_time"), [])
-    if zones:
-        return [i for i, seg in enumerate(platform.path) if seg.zone == zones[0]]
-    return [i for i, seg in enumerate(platform.path) if seg.reactor]
-
-
 def invert_monotone(times: np.ndarray, values: np.ndarray, targets: np.ndarray) -> np.ndarray:
     """First time at which a non-decreasing sampled function reaches each target."""
     idx = np.searchsorted(values, targets, side="left")
@@ -173,7 +165,7 @@ class FlowPath:
         # Post-junction geometry, cumulative volumes along the path.
         edges = np.cumsum([0.0] + [s.volume for s in platform.path])
         self._edges = edges
-        self._reaction = _reaction_segments(platform)
+        self._reaction = platform.reaction_segments
         self._timed = max([*self._reaction, *[i for i, seg in enumerate(platform.path) if seg.zone]])
         """Last segment whose crossing times matter (reaction or zone)."""
         self._cells = {}
