@@ -180,10 +180,12 @@ def check_target(target: Target, platform) -> TargetObjective:
     if len(weights) != 3 or any(_number("weights", w) <= 0 for w in weights):
         raise SdflInputError(f"weights must be three positive numbers (peak, quality, FWHM), got {weights!r}")
     columns = feature_columns(settings)
+    quality_field = "quality"
     if target.quality == DEFAULT_QUALITY and platform.features.plqy_proxy:
         # The default quality is "the platform's relative PLQY": its own formula where it has one.
         target = replace(target, quality=platform.features.plqy_proxy)
-    quality = _parse("quality", target.quality, columns)
+        quality_field = f"features.plqy_proxy of {platform.source or platform.platform.name}"
+    quality = _parse(quality_field, target.quality, columns)
     fwhm = _parse("fwhm", target.fwhm, columns)
     return TargetObjective(target, quality, fwhm)
 

@@ -131,3 +131,10 @@ def test_twin_table_turns_a_campaign_into_a_chemistry_table(capsys, data_root, t
     table = pd.read_csv(out_file)
     assert {"temperature_c", "Cu_mM", "peak_nm", "fwhm_nm", "qy"} <= set(table.columns)
     assert sorted(table["temperature_c"]) == [130.0, 145.0]
+
+
+def test_twin_table_of_an_empty_campaign_says_so(data_root, tmp_path):
+    with pytest.raises(SystemExit) as done:
+        main(["twin-table", "--campaign", "nothing", "--data-root", str(data_root), "--out", str(tmp_path / "t.csv")])
+    assert "has no experiments" in str(done.value.code)
+    assert not (tmp_path / "t.csv").exists()

@@ -209,3 +209,51 @@ def test_a_target_defaults_to_the_platforms_own_plqy_proxy():
     assert green.target.quality == "PL_A / (1 - 10 ** (-0.1 * Abs_300))"
     default = check_target(make_target(peak_nm=450.0), load_platform())
     assert default.target.quality == DEFAULT_QUALITY
+
+
+@pytest.mark.parametrize("edit, message", [
+    ('[regime]\nfluid = { name = "toluene", density = "0.55 mPa*s", viscosity = "0.554 mPa*s" }',
+     "fluid 'toluene': density '0.55 mPa*s' does not have the units of density"),
+    ('[regime]\nfluid = { name = "toluene", density = "862 kg/m^3", viscosity = "0.554 mPa*s", '
+     'diffusivity = "1e-9 m/s" }', "diffusivity '1e-9 m/s' does not have the units of diffusivity"),
+    ('[regime]\nrules = [{ number = "Rey", max = 10.0 }]', "regime.rules[0].number"),
+    ('[rules]\nstream_ratios = { antisolvent = -1.0 }', "stream_ratios.antisolvent must be a positive number"),
+    ('[spectrometers.abs]\npath_length = "0 mm"', "spectrometers.abs.path_length"),
+])
+def test_bad_regime_and_flow_settings_are_refused_with_the_field_named(tmp_path, edit, message):
+    path = tmp_path / "bad.toml"
+    path.write_text(f'[platform]\nname = "bad"\nbase = "virtual-cspbbr3"\n{edit}\n')
+    with pytest.raises(PlatformConfigError) as caught:
+        load_platform(path)
+    assert message in str(caught.value)
+
+
+def test_a_bad_plqy_proxy_is_named_when_a_target_campaign_checks_it(tmp_path):
+    from hardware.errors import SdflInputError
+    from tasks.targets import check_target, make_target
+
+    path = tmp_path / "typo.toml"
+    path.write_text('[platform]\nname = "typo"\nbase = "virtual-cspbbr3-oaoam"\n'
+                    '[features]\nplqy_proxy = "PL_A / (1 - 10 ** (-0.1 * Abs_30))"\n')
+    with pytest.raises(SdflInputError) as caught:
+        check_target(make_target(peak_nm=516.0), load_platform(path))
+    assert "features.plqy_proxy of" in str(caught.value) and "Abs_30" in str(caught.value)
+
+
+def test_a_regime_rejection_stops_the_experiment_before_the_rig_moves(tmp_path):
+    """Rejected by rule: nothing recorded, no pump started (bad input loses no data)."""
+    path = tmp_path / "strict.toml"
+    path.write_text('[platform]\nname = "strict-yj"\nbase = "virtual-cspbbr3"\n'
+                    '[regime]\nrules = [{ number = "Re", max = 1500.0, action = "reject" }]\n')
+    platform = load_platform(path)
+    rig = open_rig(platform, seed=9)
+    ok = conduct_experiment(rig, condition={"q_toluene_ml_h": 2000.0, "q_precursor_ml_h": 30.0},
+                            campaign="strict", data_root=str(tmp_path / "data"))
+    dispensed = {name: pump.dispensed_ul() for name, pump in rig.lab.pumps.items()}
+    with pytest.raises(InfeasibleCondition) as caught:
+        conduct_experiment(rig, condition={"q_toluene_ml_h": 5000.0, "q_precursor_ml_h": 30.0},
+                           campaign="strict", data_root=str(tmp_path / "data"))
+    assert caught.value.rule == "regime_Re"
+    assert {name: pump.dispensed_ul() for name, pump in rig.lab.pumps.items()} == dispensed
+    rows = read_experiments(str(tmp_path / "data"), "strict")
+    assert list(rows["experiment_id"]) == [ok["experiment_id"]]
