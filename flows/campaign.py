@@ -469,9 +469,8 @@ def seek_target(
     remote_reactors: P.RemoteReactors = None,
 ) -> dict[str, Any]:
     """Reach a target emission peak (`target_peak_nm`, or `target_peak_ev`) within `tolerance_nm`
-    with the highest `quality` (by default the platform's relative PLQY, `[features] plqy_proxy`) and the
-    narrowest FWHM at once, as
-    the Artificial Chemist did. The Optuna study is multi-objective (peak error, quality, FWHM);
+    with the highest `quality` (by default the platform's relative PLQY, `[features] plqy_proxy`)
+    and the narrowest FWHM at once, as the Artificial Chemist did. The Optuna study is multi-objective (peak error, quality, FWHM);
     a desirability (0-1) ranks the experiments. Stops at the budget, or once an experiment is on
     target (peak within tolerance, FWHM <= `max_fwhm_nm` if given) and `patience` experiments
     after the best on-target one did not beat it. Returns the best condition by desirability
