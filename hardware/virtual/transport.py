@@ -337,8 +337,12 @@ class CascadePath(FlowPath):
         self._joined_at = {s.name: 0 if s.joins_at is None else [seg.name for seg in platform.path].index(s.joins_at)
                            for s in platform.streams}
         self._index = {seg.detector: i for i, seg in enumerate(platform.path) if seg.detector}
-        self._u = stats.qmc.Sobol(d=len(platform.path), scramble=True, seed=20240501).random(DROPLET_NODES)
-        self._u = np.clip(self._u, 1e-6, 1.0 - 1e-6)
+        u = np.clip(stats.qmc.Sobol(d=len(platform.path), scramble=True, seed=20240501).random(DROPLET_NODES),
+                    1e-6, 1.0 - 1e-6)
+        # Liquid each element sees pass through each segment (the cell's own: to its middle).
+        self._passed = [stats.gamma.ppf(u[:, i], a=seg.dispersion_tanks, scale=seg.volume / seg.dispersion_tanks)
+                        for i, seg in enumerate(platform.path)]
+        self._passed_to_middle = [0.5 * x for x in self._passed]
 
     def segment_throughput(self, i: int, t):
         """Liquid that has flowed through segment `i` by time `t` (uL)."""
@@ -361,15 +365,12 @@ class CascadePath(FlowPath):
 
     def droplets_in_cell(self, detector: str, t: float) -> Droplets:
         k = self._index[detector]
-        path = self.platform.path
         entry = np.zeros((k + 1, DROPLET_NODES))
         exit_ = np.zeros((k + 1, DROPLET_NODES))
         blank = np.zeros(DROPLET_NODES, dtype=bool)
         t_out = np.full(DROPLET_NODES, float(t))
         for i in range(k, -1, -1):
-            seg = path[i]
-            volume = 0.5 * seg.volume if i == k else seg.volume
-            passed = stats.gamma.ppf(self._u[:, i], a=seg.dispersion_tanks, scale=volume / seg.dispersion_tanks)
+            passed = self._passed_to_middle[i] if i == k else self._passed[i]
             w_in = self.segment_throughput(i, t_out) - passed
             blank |= w_in <= 0.0
             grid = self._grid(i, float(t_out.max()), float(np.maximum(w_in, 0.0).min()))
