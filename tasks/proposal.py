@@ -48,7 +48,8 @@ N_REFERENCE = 256
 """Sobol points over which IVR averages the variance it would remove."""
 MAX_RANDOM_DRAWS = 100_000
 MIN_SEPARATION = 0.01
-"""Two points of one batch closer than this (in the unit cube) would be the same experiment twice."""
+"""A proposal closer than this (in the unit cube) to a measured, running or batch point would be
+the same experiment twice."""
 N_POSTERIOR_SAMPLES = 128
 """Monte Carlo draws per candidate for the expected desirability (the same draws for every candidate)."""
 
@@ -190,7 +191,9 @@ def propose(
     best = float(np.max(y)) if len(y) else float(np.max(train_y))
     y_scale = float(np.ptp(train_y)) or 1.0
     points: list[np.ndarray] = []
-    taken = [] if pending is None else list(np.atleast_2d(pending))
+    # Never the same experiment twice: not a running one, and not one already measured (a flat
+    # acquisition can peak exactly on an observed point, which would only repeat it).
+    taken = list(X) + ([] if pending is None else list(np.atleast_2d(pending)))
     reference = qmc.Sobol(d=d, seed=rng).random(N_REFERENCE) if policy == "ivr" else None
     for _ in range(q):
         def score(U, model=model, best=best):

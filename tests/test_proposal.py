@@ -248,6 +248,16 @@ def test_a_batch_near_the_optimum_does_not_repeat_a_condition(bowl_design, polic
     assert min(gaps) > 0.01  # 1 % of the cube: anything closer is the same experiment run twice
 
 
+@pytest.mark.parametrize("policy", ["ei", "eplt", "ucb"])
+def test_no_policy_proposes_a_condition_already_measured(policy):
+    """The observed optimum sits on the best point: a flat acquisition there must not repeat it."""
+    X = np.array([[0.5, 0.5], [0.1, 0.9], [0.9, 0.1], [0.1, 0.1], [0.9, 0.9]])
+    y = -np.sum((X - 0.5) ** 2, axis=1)
+    points, _ = propose(policy, X, y, q=2)
+    for point in points:
+        assert min(np.linalg.norm(point - x) for x in X) > 0.01
+
+
 def test_mv_does_not_propose_an_experiment_that_is_already_running(corner_cluster):
     X, y = corner_cluster
     alone, _ = propose("mv", X, y)
