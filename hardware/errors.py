@@ -125,3 +125,68 @@ class WrongDevice(FatalInstrumentError):
 
 class SpectrometerNotFound(FatalInstrumentError):
     """No spectrometer with the wanted serial number is attached (or it cannot be opened)."""
+
+
+# --- the lab is not ready for the next experiment ----------------------------------------
+
+
+class LabNotReady(SdflError):
+    """The next experiment cannot start until a person acts; nothing was run.
+
+    Not a bad condition (a campaign must not spend its budget on it) and not an instrument
+    fault: the syringes need refilling, or the data root cannot take the record.
+    """
+
+
+class RefillNeeded(LabNotReady):
+    """The syringes hold too little for the next run.
+
+    `short` maps each short pump to (uL needed, uL held). `rule` is "syringe_volume", the
+    formulation rule that found it.
+    """
+
+    rule = "syringe_volume"
+
+    def __init__(self, message: str, short: dict[str, tuple[float, float]] | None = None):
+        super().__init__(message)
+        self.short = dict(short or {})
+        self._parts = (message, self.short)
+
+    def __reduce__(self):
+        """Picklable with its two parts (errors cross process pools and Prefect results)."""
+        return type(self), self._parts
+
+    @property
+    def pumps(self) -> list[str]:
+        return sorted(self.short)
+
+
+class DataRootUnusable(LabNotReady):
+    """The data root cannot be written (read-only, full, or a file where a folder should be)."""
+
+
+class ReactorLockUnusable(LabNotReady):
+    """The reactor lock's folder or file cannot be used (not writable, not a folder)."""
+
+
+class RecordNotSaved(SdflError):
+    """The experiment ran but its record could not be written to the data root.
+
+    `rescued_to` is where the record was kept instead (None if that failed too).
+    """
+
+    def __init__(self, message: str, rescued_to: str | None = None):
+        super().__init__(message)
+        self.rescued_to = rescued_to
+        self._parts = (message, rescued_to)
+
+    def __reduce__(self):
+        return type(self), self._parts
+
+
+class LedgerUnusable(SdflError):
+    """The campaign's Optuna storage cannot be opened or read (damaged file, unreachable server)."""
+
+
+class TemporaryServerDidNotStart(SdflError):
+    """Prefect's temporary API server did not start, so no flow could run; nothing was run."""
