@@ -13,11 +13,11 @@ import numpy as np
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from hardware.errors import ClogDetected, InfeasibleCondition, PumpStalled, SyringeEmpty
+from hardware.errors import ClogDetected, PumpStalled, SyringeEmpty
 from hardware.interfaces import Clock, TemperatureController
 from hardware.rig import Rig
 from hardware.stability import wait_until_stable
-from tasks.formulation import Formulation
+from tasks.formulation import Formulation, check_levels
 from tasks.retry import INSTRUMENT_RETRIES, INSTRUMENT_RETRY_DELAYS_S, is_transient
 
 HEATER_POLL_S = 2.0
@@ -91,12 +91,7 @@ def start_pumps(rig: Rig, formulation: Formulation, run_time_s: float | None = N
     # so the levels checked at formulation may no longer hold: check again before any pump moves.
     wanted = {name: formulation.volumes_ul[name] * margin * scale for name in rig.pumps
               if formulation.flows_ul_min[name] > 0}
-    left = rig.remaining_ul()
-    short = [f"{name} needs {need:.0f} uL, holds {left[name]:.0f} uL" for name, need in wanted.items()
-             if left[name] < need]
-    if short:
-        raise InfeasibleCondition("syringe_volume", "not enough liquid left to start (" + "; ".join(short)
-                                  + "): refill the syringe(s)")
+    check_levels(wanted, rig.remaining_ul(), "not enough liquid left to start")
     for name, pump in rig.pumps.items():
         if formulation.flows_ul_min[name] <= 0:
             pump.stop()

@@ -3,8 +3,9 @@
 A condition is written in the platform's parameter space (temperature, reaction time and the
 volume fraction of each stock in its stream). The rules come from the platform config:
 equal stream flows (1:1 injection), carrier flow = ratio x precursor flow, a minimum total
-precursor flow, pump rate limits, enough liquid in every syringe. A condition that breaks a
-rule raises `InfeasibleCondition` naming the rule; nothing is ever clipped.
+precursor flow, pump rate limits. A condition that breaks a rule raises `InfeasibleCondition`
+naming the rule; nothing is ever clipped. Too little liquid left in a syringe is a state of the
+rig, not of the condition: it raises `RefillNeeded` (rule "syringe_volume").
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 from scipy import special
 
-from hardware.errors import InfeasibleCondition
+from hardware.errors import InfeasibleCondition, RefillNeeded
 from hardware.platform import PlatformConfig
 from tasks import regime
 from tasks.retry import INSTRUMENT_RETRIES, INSTRUMENT_RETRY_DELAYS_S, is_transient
@@ -61,6 +62,19 @@ class Formulation:
 def syringe_levels(rig) -> dict[str, float]:
     """Liquid left in each syringe (uL), as the pumps report it."""
     return rig.remaining_ul()
+
+
+def check_levels(wanted_ul: dict[str, float], remaining_ul: dict[str, float], what: str) -> None:
+    """Raise `RefillNeeded` naming every syringe that holds less than it is about to give.
+
+    A syringe missing from `remaining_ul` counts as empty. Running out of liquid is a state of
+    the rig (a person refills), not a fault of the condition.
+    """
+    short = {name: (need, remaining_ul.get(name, 0.0)) for name, need in wanted_ul.items()
+             if remaining_ul.get(name, 0.0) < need}
+    if short:
+        listed = "; ".join(f"{name} needs {need:.0f} uL, holds {have:.0f} uL" for name, (need, have) in short.items())
+        raise RefillNeeded(f"{what} ({listed}): refill the syringe(s)", short)
 
 
 def parameter_by_kind(platform: PlatformConfig, kind: str) -> str:
@@ -318,16 +332,8 @@ def _finish(
     run_time = t_E + platform.acquisition.budget
     volumes = {name: rate * run_time / 60.0 for name, rate in flows.items()}
     if remaining_ul is not None:
-        short = []
-        for name, need in volumes.items():
-            have = remaining_ul.get(name, 0.0)
-            if need > 0 and have < need * rules.volume_margin:
-                short.append(f"{name} needs {need * rules.volume_margin:.0f} uL, holds {have:.0f} uL")
-        if short:
-            raise InfeasibleCondition(
-                "syringe_volume",
-                "not enough liquid for this run (" + "; ".join(short) + "): refill the syringe(s)",
-            )
+        wanted = {name: need * rules.volume_margin for name, need in volumes.items() if need > 0}
+        check_levels(wanted, remaining_ul, "not enough liquid for this run")
     zone = platform.reactor.zone
     return Formulation(
         condition=dict(condition),

@@ -14,7 +14,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from hardware.errors import InfeasibleCondition, InvalidCondition
+from hardware.errors import InfeasibleCondition, InvalidCondition, RefillNeeded
 from hardware.platform import DEFAULT_PLATFORM, PLATFORM_DIR, load_platform
 from tasks.formulation import Formulation, formulate, formulate_from_flowrates, solvent_flush
 
@@ -39,6 +39,16 @@ def rejected(rule: str, call, *args, **kwargs) -> str:
     assert info.value.rule == rule
     message = str(info.value)
     assert message.startswith(f"[rule {rule}]")
+    return message
+
+
+def refill_needed(call, *args, **kwargs) -> str:
+    """Run `call`, expect it to ask for a refill (a rig state, not a bad condition); return the message."""
+    with pytest.raises(RefillNeeded) as info:
+        call(*args, **kwargs)
+    assert not isinstance(info.value, InfeasibleCondition)  # a campaign must not count it as a bad proposal
+    message = str(info.value)
+    assert info.value.rule == "syringe_volume"
     return message
 
 
@@ -247,7 +257,7 @@ def test_syringe_volume_a_nearly_empty_syringe_must_be_refilled():
     """Before a run every syringe must hold 1.25x what the run will take."""
     remaining = dict(FULL, cs_oleate=10.0)
 
-    message = rejected("syringe_volume", formulate, CENTRE, PLATFORM, remaining_ul=remaining)
+    message = refill_needed(formulate, CENTRE, PLATFORM, remaining_ul=remaining)
 
     assert "cs_oleate needs" in message
     assert "holds 10 uL" in message
@@ -260,13 +270,13 @@ def test_syringe_volume_the_margin_is_1_25_times_the_run():
     enough = {name: 1.25 * volume for name, volume in need.items()}
 
     formulate(CENTRE, PLATFORM, remaining_ul=enough)  # exactly the margin: fine
-    message = rejected("syringe_volume", formulate, CENTRE, PLATFORM, remaining_ul=dict(enough, pfo=need["pfo"]))
+    message = refill_needed(formulate, CENTRE, PLATFORM, remaining_ul=dict(enough, pfo=need["pfo"]))
     assert "pfo needs" in message
 
 
 def test_syringe_volume_an_unlisted_syringe_counts_as_empty():
     remaining = {name: volume for name, volume in FULL.items() if name != "oam"}
-    message = rejected("syringe_volume", formulate, CENTRE, PLATFORM, remaining_ul=remaining)
+    message = refill_needed(formulate, CENTRE, PLATFORM, remaining_ul=remaining)
     assert "oam needs" in message
     assert "holds 0 uL" in message
 
