@@ -27,6 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from hardware.errors import InstrumentDisconnected, PlatformConfigError
 from hardware.platform import PlatformConfig, PumpConfig
+from hardware.retry import RetryCounter
 
 SERIAL_NUMBER_PREFIX = "serial-number:"
 
@@ -95,7 +96,7 @@ def resolve_port(port: str, instrument: str) -> str:
 # --- one instrument at a time (sdfl doctor opens them one by one) ------------------------------
 
 
-def open_pump(config: PumpConfig, *, port: str | None = None, link=None):
+def open_pump(config: PumpConfig, *, port: str | None = None, link=None, retries: RetryCounter | None = None):
     from hardware.drivers.chemyx import ChemyxPump
 
     where = f"pumps[{config.name}]"
@@ -110,10 +111,11 @@ def open_pump(config: PumpConfig, *, port: str | None = None, link=None):
     return ChemyxPump(port, name=config.name, syringe_volume_ul=config.syringe_volume,
                       syringe_inner_diameter_mm=config.syringe_inner_diameter, min_rate_ul_min=config.min_rate,
                       max_rate_ul_min=config.max_rate, channel=device.channel, baudrate=device.baudrate,
-                      timeout_s=device.timeout_s, link=link)
+                      timeout_s=device.timeout_s, link=link, retries=retries)
 
 
-def open_heater(platform: PlatformConfig, *, host: str | None = None, tcp_port: int | None = None):
+def open_heater(platform: PlatformConfig, *, host: str | None = None, tcp_port: int | None = None,
+                retries: RetryCounter | None = None):
     from hardware.drivers.watlow import WatlowController
 
     config = platform.heater
@@ -121,7 +123,7 @@ def open_heater(platform: PlatformConfig, *, host: str | None = None, tcp_port: 
     host = host or device.host
     limit = platform.rules.max_temperature
     common = dict(model=device.model, loop=device.loop, unit_id=device.unit_id, name=config.name,
-                  max_setpoint_c=limit, timeout_s=device.timeout_s, units=device.units)
+                  max_setpoint_c=limit, timeout_s=device.timeout_s, units=device.units, retries=retries)
     if host:
         return WatlowController.tcp(host, tcp_port or device.tcp_port, **common)
     if device.port:
@@ -129,16 +131,17 @@ def open_heater(platform: PlatformConfig, *, host: str | None = None, tcp_port: 
     raise PlatformConfigError("heater.device: give host (Modbus TCP) or port (Modbus RTU) for the controller")
 
 
-def open_spectrometer(platform: PlatformConfig, role: str, *, api=None):
+def open_spectrometer(platform: PlatformConfig, role: str, *, api=None, retries: RetryCounter | None = None):
     from hardware.drivers.oceaninsight import OceanSpectrometer
 
     config = platform.spectrometers[role]
     # The acquisition task discards the first spectrum after a change itself.
     device = {"discard_after_change": False, **config.device}
-    return OceanSpectrometer.from_config(config.model_copy(update={"device": device}), api=api)
+    return OceanSpectrometer.from_config(config.model_copy(update={"device": device}), api=api, retries=retries)
 
 
-def open_light_source(platform: PlatformConfig, role: str, spectrometers: dict, *, port: str | None = None):
+def open_light_source(platform: PlatformConfig, role: str, spectrometers: dict, *, port: str | None = None,
+                      retries: RetryCounter | None = None):
     from hardware.drivers.light_sources import GpioLightSource, SerialRelaySource, SpectrometerLampSource
 
     config = platform.light_sources[role]
@@ -148,7 +151,7 @@ def open_light_source(platform: PlatformConfig, role: str, spectrometers: dict, 
         if not (port or device.port):
             raise PlatformConfigError(f"{where}.device: a relay needs port = ...")
         return SerialRelaySource(port or resolve_port(device.port, config.name), device.channel, config.name,
-                                 protocol=device.protocol, invert=device.invert)
+                                 protocol=device.protocol, invert=device.invert, retries=retries)
     owner = spectrometers.get(device.spectrometer or role)
     if owner is None:
         raise PlatformConfigError(f"{where}.device: spectrometer {device.spectrometer or role!r} is not open")
@@ -173,6 +176,8 @@ class Instruments:
     """Pump name -> the ByteLog of its line (emulated rigs)."""
     emulators: dict[str, Any] = field(default_factory=dict)
     """Emulated rigs only: the emulator behind each instrument (for fault injection in tests)."""
+    retries: RetryCounter = field(default_factory=RetryCounter)
+    """Commands the drivers retried after a transient error (one counter for all of them)."""
 
     def close(self) -> None:
         for close in reversed(self.closers):
@@ -187,16 +192,16 @@ def real_instruments(platform: PlatformConfig) -> Instruments:
     out = Instruments({}, None, {}, {})
     try:
         for pump in platform.pumps:
-            out.pumps[pump.name] = open_pump(pump)
+            out.pumps[pump.name] = open_pump(pump, retries=out.retries)
             out.closers.append(out.pumps[pump.name].close)
         if platform.heater is not None:  # a room-temperature rig has no controller
-            out.heater = open_heater(platform)
+            out.heater = open_heater(platform, retries=out.retries)
             out.closers.append(out.heater.close)
         for role in platform.spectrometers:
-            out.spectrometers[role] = open_spectrometer(platform, role)
+            out.spectrometers[role] = open_spectrometer(platform, role, retries=out.retries)
             out.closers.append(out.spectrometers[role].close)
         for role in platform.light_sources:
-            out.light_sources[role] = open_light_source(platform, role, out.spectrometers)
+            out.light_sources[role] = open_light_source(platform, role, out.spectrometers, retries=out.retries)
             out.closers.append(getattr(out.light_sources[role], "close", lambda: None))
     except BaseException:
         out.close()
@@ -222,30 +227,30 @@ def emulated_instruments(platform: PlatformConfig, lab) -> Instruments:
             link = SerialLink(emulator.port, 9600, 1.0, log=ByteLog(meta={"pump": pump.name}))
             out.closers.append(link.close)
             out.byte_logs[pump.name] = link.log
-            out.pumps[pump.name] = open_pump(pump, link=link)
+            out.pumps[pump.name] = open_pump(pump, link=link, retries=out.retries)
         if lab.heater is not None:
             controller = WatlowTcpEmulator(lab.heater, model="f4t")
             out.closers.append(controller.close)
             out.emulators["heater"] = controller
             heater_platform = platform.model_copy(update={"heater": platform.heater.model_copy(update={"device": {
                 "model": "f4t", "host": controller.host, "tcp_port": controller.port, "units": "C"}})})
-            out.heater = open_heater(heater_platform)
+            out.heater = open_heater(heater_platform, retries=out.retries)
             out.closers.append(out.heater.close)
         api = FakeSeabreezeAPI(lab)
         out.emulators["seabreeze"] = api
         for role in platform.spectrometers:
-            out.spectrometers[role] = open_spectrometer(platform, role, api=api)
+            out.spectrometers[role] = open_spectrometer(platform, role, api=api, retries=out.retries)
             out.closers.append(out.spectrometers[role].close)
         roles = list(platform.light_sources)
         relay = RelayEmulator(channels=max(len(roles), 1),
-                              wiring={i + 1: lab.light_sources[role] for i, role in enumerate(roles)})
+                              wiring={i + 1: lab.light_sources[role] for i, role in enumerate(roles)}, lab=lab)
         out.closers.append(relay.close)
         out.emulators["relay"] = relay
         for i, role in enumerate(roles):
             table = {"driver": "relay", "port": relay.port, "channel": i + 1}
             sources = platform.model_copy(update={"light_sources": {
                 **platform.light_sources, role: platform.light_sources[role].model_copy(update={"device": table})}})
-            out.light_sources[role] = open_light_source(sources, role, out.spectrometers)
+            out.light_sources[role] = open_light_source(sources, role, out.spectrometers, retries=out.retries)
             out.closers.append(out.light_sources[role].close)
     except BaseException:
         out.close()

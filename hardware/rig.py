@@ -8,6 +8,10 @@ the virtual lab; a real one the drivers of its device tables (hardware/instrumen
 On the driver-based rigs every instrument is wrapped so that a fatal error from any of them puts
 the whole rig in its safe state before the error goes up: the rig is safe even when the caller
 is not a flow with failure hooks.
+
+A transient error (a lost or garbled reply) costs one command a retry, not the step: the drivers
+retry their own commands where that is safe, and on a virtual rig a thin proxy does the same for
+the simulated instruments. `rig.retries` counts them.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from dataclasses import dataclass, field
 from hardware.errors import FatalInstrumentError, InstrumentError
 from hardware.interfaces import Clock, LightSource, Spectrometer, SyringePump, TemperatureController, Valve
 from hardware.platform import PlatformConfig
+from hardware.retry import RetryCounter, retry
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +50,8 @@ class Rig:
     """The latest solvent reference of the absorbance cell (set by the acquisition step)."""
     instruments: object | None = None
     """Driver-based rigs: the `hardware.instruments.Instruments` to close (and their emulators)."""
+    retries: RetryCounter = field(default_factory=RetryCounter)
+    """Commands retried after a transient error, by instrument."""
     _making_safe: bool = False
 
     def __post_init__(self) -> None:
@@ -151,20 +158,40 @@ def close_all_rigs() -> None:
         rig.close()
 
 
+RETRIED_VIRTUAL_COMMANDS = {
+    "pump": frozenset({"infuse", "stop", "status"}),
+    "heater": frozenset({"set_setpoint", "read_temperature", "standby", "setpoint"}),
+    "spectrometer": frozenset({"intensities", "set_integration_time_ms"}),
+    "light source": frozenset({"on", "off"}),
+    "valve": frozenset({"open", "close"}),
+}
+"""The commands of simulated instruments that are safe to repeat. A virtual pump programs and
+starts a run in one step, so repeating `infuse` programs the same run again from now."""
+
+
 def virtual_rig(platform: PlatformConfig, seed: int | None = None) -> Rig:
+    """Simulated instruments of a virtual lab, each behind a proxy that retries its safe commands."""
     from hardware.virtual.lab import VirtualLab
 
     lab = VirtualLab(platform, seed=seed)
+    counter = RetryCounter()
+
+    def retried(kind: str, instruments: dict) -> dict:
+        commands = RETRIED_VIRTUAL_COMMANDS[kind]
+        return {key: RetryingInstrument(i, commands, counter) for key, i in instruments.items()}
+
+    heaters = retried("heater", lab.heaters)
     return Rig(
         platform=platform,
         clock=lab.clock,
-        pumps=dict(lab.pumps),
-        heater=lab.heater,
-        heaters=dict(lab.heaters),
-        spectrometers=dict(lab.spectrometers),
-        light_sources=dict(lab.light_sources),
-        valves=dict(lab.valves),
+        pumps=retried("pump", lab.pumps),
+        heater=heaters[platform.reactor.zone] if platform.reactor.zone else None,
+        heaters=heaters,
+        spectrometers=retried("spectrometer", lab.spectrometers),
+        light_sources=retried("light source", lab.light_sources),
+        valves=retried("valve", lab.valves),
         lab=lab,
+        retries=counter,
     )
 
 
@@ -185,8 +212,9 @@ def real_rig(platform: PlatformConfig) -> Rig:
 
 
 def _guarded_rig(platform, instruments, clock, lab) -> Rig:
+    """The drivers, each made safe-on-fatal. They retry their own commands: no second retry here."""
     rig = Rig(platform=platform, clock=clock, pumps={}, heater=None, spectrometers={}, light_sources={}, lab=lab,
-              instruments=instruments)
+              instruments=instruments, retries=instruments.retries)
     rig.pumps = {n: SafeOnFatal(p, rig) for n, p in instruments.pumps.items()}
     if instruments.heater is not None:
         rig.heater = SafeOnFatal(instruments.heater, rig)
@@ -223,3 +251,30 @@ class SafeOnFatal:
 
     def __repr__(self) -> str:
         return f"SafeOnFatal({self._instrument!r})"
+
+
+class RetryingInstrument:
+    """A simulated instrument whose safe commands (`commands`) are retried after a transient error,
+    as the real drivers retry theirs. Everything else passes straight through."""
+
+    def __init__(self, instrument, commands: frozenset[str], counter: RetryCounter):
+        object.__setattr__(self, "_instrument", instrument)
+        object.__setattr__(self, "_commands", commands)
+        object.__setattr__(self, "_counter", counter)
+
+    def __getattr__(self, name):
+        value = getattr(self._instrument, name)
+        if name not in self._commands:
+            return value
+
+        def retried(*args, **kwargs):
+            return retry(lambda: value(*args, **kwargs), instrument=self._instrument.name, what=name,
+                         counter=self._counter)
+
+        return retried
+
+    def __setattr__(self, name, value):
+        setattr(self._instrument, name, value)
+
+    def __repr__(self) -> str:
+        return f"RetryingInstrument({self._instrument!r})"

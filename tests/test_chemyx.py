@@ -1,6 +1,6 @@
 """The Chemyx driver against the emulator on a real pseudo-terminal (no mocks): the protocol, the
-safety limits, every wire fault, two channels on one port, and recorded byte logs replayed
-without a device.
+safety limits, every wire fault and the retries that absorb the transient ones, two channels on
+one port, and recorded byte logs replayed without a device.
 
 `tests/data/chemyx_experiment.jsonl` is a recorded experiment. Regenerate it (after a change of
 the protocol or of the virtual pump) from the repository root with:
@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from hardware.drivers.chemyx import ChemyxPump
-from hardware.drivers.serial_link import ByteLog, ReplayLink, ReplayMismatch, SerialLink
+from hardware.drivers.serial_link import ByteLog, LogEntry, ReplayLink, ReplayMismatch, SerialLink
 from hardware.drivers.syringes import SYRINGES, check_diameter, lookup
 from hardware.emulators.chemyx import ChemyxEmulator
 from hardware.emulators.pty import PtyServer
@@ -37,6 +37,7 @@ from hardware.errors import (
 )
 from hardware.interfaces import SyringePump
 from hardware.platform import PumpConfig, load_platform
+from hardware.retry import COMMAND_ATTEMPTS
 from hardware.virtual.lab import VirtualLab
 
 FIXTURE = Path(__file__).parent / "data" / "chemyx_experiment.jsonl"
@@ -128,11 +129,41 @@ def test_the_driver_refuses_more_than_the_syringe_holds_and_set_fill_resets(lab,
     assert pump.status().remaining_ul == 50_000.0
 
 
-def test_read_limits_and_identify(pump):
+def test_read_limits_and_identify(emulator, pump):
     limits = pump.read_limits()
-    assert (limits.min_rate_ul_min, limits.max_rate_ul_min, limits.max_volume_ul) == (2.0, 40_000.0, 50_000.0)
+    assert (limits.max_volume_ul, limits.min_volume_ul, limits.max_rate_ul_min, limits.min_rate_ul_min) == (
+        50_000.0, 1.0, 40_000.0, 2.0)
+    assert emulator.execute("read limit parameter") == ["50000 1 40000 2"]  # the pump's order
     text = pump.identify()
     assert "Chemyx" in text and "stopped" in text and pump.link.port in text
+    assert "(max volume, min volume, max rate, min rate) = 50000 1 40000 2" in text
+
+
+def _exchanges(*pairs: tuple[str, str]) -> ByteLog:
+    """A byte log of command lines and the pump's replies, written byte for byte."""
+    log = ByteLog()
+    for command, reply in pairs:
+        log.entries += [LogEntry(0.0, "tx", command.encode() + b"\r\n"), LogEntry(0.0, "rx", reply.encode())]
+    return log
+
+
+def test_read_limit_parameter_is_max_volume_min_volume_max_rate_min_rate(platform):
+    """A Hamilton 1010 (10 mL, 14.57 mm bore) in uL/min units: the pump prints its echo, then
+    max volume, min volume, max rate, min rate on one line, then its prompt."""
+    replies = _exchanges(
+        ("pump status", "pump status\r\npump status = 0\r\n>"),
+        ("set units 2", "set units 2\r\nunits = 2\r\n>"),
+        ("set diameter 14.57", "set diameter 14.57\r\ndiameter = 14.57\r\n>"),
+        ("read limit parameter", "read limit parameter\r\n10000 0.1667 10003.8 0.0834\r\n>"),
+    )
+    config = platform.pump("cui").model_copy(update={"syringe_volume": 10_000.0, "syringe_inner_diameter": 14.57})
+    link = ReplayLink(replies)
+    limits = make_pump(config, link=link).read_limits()
+    assert limits.max_volume_ul == 10_000.0
+    assert limits.min_volume_ul == 0.1667
+    assert limits.max_rate_ul_min == 10_003.8
+    assert limits.min_rate_ul_min == 0.0834
+    assert link.finished
 
 
 @pytest.mark.parametrize("rate, volume, named", [
@@ -150,16 +181,18 @@ def test_limits_are_enforced_before_anything_is_sent(lab, pump, link, rate, volu
 # --- faults ---------------------------------------------------------------------------------------
 
 
-def test_silence_is_a_timeout(emulator, pump):
-    emulator.faults.silent_next = 1
+def test_silence_on_every_try_is_a_timeout(emulator, pump, link):
+    emulator.faults.silent_next = COMMAND_ATTEMPTS
     with pytest.raises(InstrumentTimeout, match="no reply to 'set units 2'.*got nothing"):
         pump.infuse(500.0, 1000.0)
+    assert sent(link).count("set units 2") == COMMAND_ATTEMPTS
 
 
-def test_noise_is_a_garbled_reply(emulator, pump):
-    emulator.faults.garble_next = 1
+def test_noise_on_every_try_is_a_garbled_reply(emulator, pump):
+    emulator.faults.garble_next = COMMAND_ATTEMPTS
     with pytest.raises(GarbledReply):
         pump.status()
+    assert pump.retries.total == COMMAND_ATTEMPTS - 1
 
 
 def test_invalid_command_is_rejected(emulator, pump):
@@ -202,19 +235,54 @@ def test_a_stall_in_the_lab_shows_as_an_alarm(lab, pump):
 
 
 @pytest.mark.parametrize("fault", ["silent_next", "garble_next"])
-def test_a_retry_after_one_transient_fault_succeeds(lab, emulator, pump, fault):
+def test_a_lost_reply_to_set_rate_is_retried_and_the_infusion_starts(lab, emulator, pump, link, fault):
     setattr(emulator.faults, fault, 1)
-    with pytest.raises((InstrumentTimeout, GarbledReply)):
-        pump.infuse(500.0, 1000.0)
+    emulator.faults.match = "set rate"
     pump.infuse(500.0, 1000.0)
+    assert sent(link).count("set rate 500") == 2 and sent(link).count("start") == 1
     assert pump.status().running and lab.pumps["cui"].status().rate_ul_min == 500.0
+    assert pump.retries.by_instrument() == {"cui": 1}
 
 
-def test_a_garbled_start_leaves_the_pump_stopped(lab, emulator, pump, link):
-    emulator.faults.garble_next, emulator.faults.match = 1, "start"
-    with pytest.raises(GarbledReply):
+@pytest.mark.parametrize(("fault", "starts"), [("garble_next", 1), ("silent_next", 2)])
+def test_a_lost_reply_to_start_leaves_the_pump_running_once(lab, emulator, pump, link, fault, starts):
+    """Garbled: the pump started, only its answer was noise, so the driver asks and does not start
+    it again. Silent: the start never arrived, the pump is idle, so the driver starts it again."""
+    setattr(emulator.faults, fault, 1)
+    emulator.faults.match = "start"
+    pump.infuse(500.0, 1000.0)
+    assert sent(link).count("start") == starts and "pump status" in sent(link)[-3:]
+    assert lab.pumps["cui"].status().rate_ul_min == 500.0
+    lab.clock.advance(60)
+    status = pump.status()
+    assert status.running and status.dispensed_ul == pytest.approx(lab.pumps["cui"].dispensed_ul(), rel=1e-6)
+    lab.clock.advance(120)  # past the 1000 uL: the run was programmed once, not twice
+    assert not pump.status().running and pump.status().dispensed_ul == pytest.approx(1000.0, rel=0.01)
+
+
+@pytest.mark.parametrize("fault", ["garble_next", "silent_next"])
+def test_a_lost_start_reply_while_the_pump_runs_keeps_the_total_right(lab, emulator, pump, link, fault):
+    """Re-programming a running pump: the pump reports running either way, and its run counter
+    (restarted by a start that took effect) tells the driver whether the new run began."""
+    pump.infuse(500.0, 10_000.0)
+    lab.clock.advance(60)
+    setattr(emulator.faults, fault, 1)
+    emulator.faults.match = "start"
+    pump.infuse(1000.0, 10_000.0)
+    assert lab.pumps["cui"].status().rate_ul_min == 1000.0
+    lab.clock.advance(60)
+    assert pump.status().dispensed_ul == pytest.approx(lab.pumps["cui"].dispensed_ul(), rel=1e-6)
+    pump.stop()
+    pump.infuse(2000.0, 1000.0)  # the next run's bookkeeping starts from the right total too
+    lab.clock.advance(60)
+    assert pump.status().dispensed_ul == pytest.approx(lab.pumps["cui"].dispensed_ul(), rel=1e-6)
+
+
+def test_a_start_that_never_arrives_stops_the_pump_and_raises(lab, emulator, pump, link):
+    emulator.faults.silent_next, emulator.faults.match = COMMAND_ATTEMPTS, "start"
+    with pytest.raises(InstrumentTimeout, match="'start'"):
         pump.infuse(500.0, 1000.0)
-    assert sent(link)[-1] == "stop"  # the pump had started: the driver stopped it
+    assert sent(link).count("start") == COMMAND_ATTEMPTS and sent(link)[-1] == "stop"
     assert not lab.pumps["cui"].status().running
     pump.infuse(500.0, 1000.0)
     assert pump.status().running
@@ -258,6 +326,13 @@ def test_a_device_that_is_not_a_chemyx_pump_is_named(lab, reply):
         with pytest.raises(WrongDevice, match="not answer like a Chemyx pump") as info:
             make_pump(lab.pumps["cui"].config, other.port)
         assert other.port in str(info.value)
+
+
+def test_one_garbled_reply_at_open_is_not_a_wrong_device(lab, emulator):
+    emulator.faults.garble_next = 1
+    with make_pump(lab.pumps["cui"].config, emulator.port) as pump:
+        assert not pump.status().running
+    assert emulator.commands[:2] == ["pump status", "pump status"]
 
 
 def test_a_disconnect_mid_infusion(lab, emulator, pump):

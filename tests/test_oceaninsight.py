@@ -19,6 +19,7 @@ from hardware.drivers.oceaninsight import OceanSpectrometer, open_backend
 from hardware.emulators.relay import RelayEmulator
 from hardware.emulators.seabreeze_fake import FakeSeabreezeAPI
 from hardware.errors import (
+    GarbledReply,
     InstrumentDisconnected,
     InstrumentTimeout,
     PlatformConfigError,
@@ -26,6 +27,7 @@ from hardware.errors import (
     SpectrometerNotFound,
 )
 from hardware.platform import load_platform
+from hardware.retry import COMMAND_ATTEMPTS
 from hardware.rig import Rig
 from hardware.virtual.lab import VirtualLab
 
@@ -162,9 +164,21 @@ def test_unplugging_mid_acquisition_raises_instrument_disconnected(lab, api):
     spectrometer.close()
     assert OceanSpectrometer.open(PL, api=api).intensities(1).shape == (2068,)
 
-    lab.faults.plan.timeouts_next = 1  # a USB timeout is worth a retry, not a safe-state stop
+    lab.faults.plan.timeouts_next = COMMAND_ATTEMPTS  # a USB timeout is worth a retry, not a safe-state stop
     with pytest.raises(InstrumentTimeout, match="no answer"):
         OceanSpectrometer.open(ABS, api=api).intensities(1)
+
+
+@pytest.mark.parametrize(("fault", "error"), [("timeouts_next", InstrumentTimeout), ("garbled_next", GarbledReply)])
+def test_a_usb_timeout_or_a_corrupted_transfer_is_read_again(lab, api, fault, error):
+    spectrometer = OceanSpectrometer.open(ABS, name="hdx-abs", api=api)
+    setattr(lab.faults.plan, fault, 1)
+    assert spectrometer.intensities(1).shape == (2068,)
+    assert spectrometer.retries.by_instrument() == {"hdx-abs": 1}
+    setattr(lab.faults.plan, fault, COMMAND_ATTEMPTS)
+    with pytest.raises(error):  # transient, not a lost spectrometer: no safe-state stop
+        spectrometer.intensities(1)
+    assert spectrometer.intensities(1).shape == (2068,)
 
 
 def test_a_dark_turns_the_source_off_and_restores_it(lab, api):
@@ -249,9 +263,30 @@ def test_a_feedback_relay_confirms_each_switch_and_times_out_when_silent(lab):
         board.mute = True
         with pytest.raises(InstrumentTimeout, match="no answer to a0 01 02 a3"):
             led.off()
+        assert led.board.retries.total == COMMAND_ATTEMPTS - 1
         led.close()
     with pytest.raises(PlatformConfigError, match="channel 9"):
         SerialRelaySource("/dev/null", channel=9, name="x")
+
+
+@pytest.mark.parametrize("fault", ["timeouts_next", "garbled_next"])
+def test_a_feedback_relay_switches_again_after_a_lost_or_garbled_answer(lab, fault):
+    with RelayEmulator(protocol="lcus-feedback", wiring={1: lab.light_sources["pl"]}, lab=lab) as board:
+        led = SerialRelaySource(board.port, channel=1, name="uv-led-300", protocol="lcus-feedback", timeout_s=0.2)
+        setattr(lab.faults.plan, fault, 1)
+        led.on()
+        assert lab.light_sources["pl"].is_on() and led.is_on() and led.board.retries.total == 1
+        led.close()
+
+
+def test_a_plain_relay_is_a_wire_the_lab_faults_do_not_touch(lab):
+    with RelayEmulator(channels=2, wiring={2: lab.light_sources["abs"]}, lab=lab) as board:
+        shutter = SerialRelaySource(board.port, channel=2, name="dh-2000-bal")
+        lab.faults.plan.timeouts_next = 1
+        shutter.on()
+        wait_for(lambda: lab.light_sources["abs"].is_on())
+        assert lab.faults.plan.timeouts_next == 1 and board.errors == []
+        shutter.close()
 
 
 # --- seabreeze's backend, and the acquisition task on top of the drivers --------------------------

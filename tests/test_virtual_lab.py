@@ -12,28 +12,20 @@ import time
 
 import numpy as np
 import pytest
-from conftest import assert_rig_safe
 
 from flows.characterize import centre_condition
 from flows.experiment import _absorbance_for_features
 from hardware.clock import SimClock
 from hardware.errors import (
-    ClogDetected,
-    GarbledReply,
-    InfeasibleCondition,
-    InstrumentDisconnected,
-    InstrumentTimeout,
-    PumpStalled,
     SafetyLimitExceeded,
-    SaturatedSpectrum,
     SyringeEmpty,
 )
 from hardware.platform import PLATFORM_DIR, load_platform
 from hardware.rig import virtual_rig
 from hardware.virtual.faults import FaultPlan
 from hardware.virtual.lab import VirtualLab
-from tasks.acquisition import acquire, choose_integration_ms, ensure_reference, set_integration
-from tasks.equilibration import check_pumps, start_pumps, wait_on_clock
+from tasks.acquisition import acquire, ensure_reference, set_integration
+from tasks.equilibration import start_pumps
 from tasks.features import FeatureSettings, extract_features
 from tasks.formulation import formulate
 
@@ -310,126 +302,7 @@ def test_ageing_stocks_make_the_yield_drift_down_over_hours(tmp_path, centre):
     assert abs_300[0.05] < 0.8, abs_300  # 6 h at 5 %/h: 30 % less precursor
 
 
-# --- faults -------------------------------------------------------------------------------
-
-
-def test_injected_timeouts_hit_the_next_commands_then_stop(platform):
-    lab = VirtualLab(platform, seed=1, faults=FaultPlan(timeouts_next=2))
-    pump = lab.pumps["cui"]
-    for _ in range(2):
-        with pytest.raises(InstrumentTimeout):
-            pump.status()
-    assert not pump.status().running
-    lab.faults.plan.timeouts_next = 1  # switched on at run time
-    with pytest.raises(InstrumentTimeout):
-        lab.heater.read_temperature()
-    lab.heater.read_temperature()
-
-
-def test_garbled_replies(platform):
-    lab = VirtualLab(platform, seed=1, faults=FaultPlan(garbled_probability=1.0))
-    with pytest.raises(GarbledReply):
-        lab.pumps["cui"].status()
-    with pytest.raises(GarbledReply):
-        lab.heater.set_setpoint(130.0)
-    with pytest.raises(GarbledReply):
-        lab.spectrometers["pl"].intensities()
-    lab.faults.plan.garbled_probability = 0.0
-    lab.heater.set_setpoint(130.0)
-
-
-def test_a_stalled_pump_stops_with_an_alarm_and_the_pump_check_names_it(platform, centre):
-    rig = virtual_rig(platform, seed=1)
-    plan = formulate(centre, platform)
-    rig.lab.faults.plan.stall_pump = "cui"
-    rig.lab.faults.plan.stall_at_s = 30.0
-    start_pumps(rig, plan)
-    with pytest.raises(PumpStalled, match="cui"):
-        wait_on_clock(rig, plan, plan.t_E_s, poll_s=5.0)
-    assert 30.0 <= rig.clock.now() <= 35.0  # caught at the first poll after the stall
-    status = rig.pumps["cui"].status()
-    assert not status.running and "stalled" in status.alarm
-    rig.clock.sleep(30.0)  # the syringe relaxes for a few seconds (its lag), then nothing moves
-    stalled = rig.pumps["cui"].status().dispensed_ul
-    rig.clock.sleep(30.0)
-    assert rig.pumps["cui"].status().dispensed_ul == pytest.approx(stalled)
-    assert stalled < plan.flows_ul_min["cui"] * 40.0 / 60.0
-    assert rig.pumps["ode_cu"].status().running  # the others carry on until told
-
-
-def test_a_clog_raises_the_pressure_then_stops_every_pump(platform, centre):
-    rig = virtual_rig(platform, seed=1)
-    plan = formulate(centre, platform)
-    rig.lab.faults.plan.clog_at_s = 30.0
-    start_pumps(rig, plan)
-    rig.clock.sleep(20.0)
-    normal = rig.pumps["cui"].status().pressure_kpa
-    rig.clock.sleep(20.0)  # 10 s into the clog
-    rising = rig.pumps["cui"].status()
-    assert rising.running and rising.pressure_kpa > 3 * normal
-    check_pumps(rig, plan)  # still infusing: nothing to report yet
-    rig.clock.sleep(10.0)
-    with pytest.raises(ClogDetected, match="pressure"):
-        check_pumps(rig, plan)
-    for pump in rig.pumps.values():
-        status = pump.status()
-        assert not status.running and "clogged" in status.alarm
-
-
-def test_a_syringe_loaded_short_runs_dry_mid_run(tmp_path, centre):
-    """The pump believes its syringe is full, but it holds only 400 uL: formulation passes,
-    the pump runs dry during the run, and the pump check names the empty syringe."""
-    platform = platform_with(tmp_path, faults={"empty_pump": "cui", "empty_fill_ul": 400.0})
-    rig = virtual_rig(platform, seed=1)
-    assert rig.remaining_ul()["cui"] == 50000.0  # what the pump counts
-    plan = formulate(centre, platform, remaining_ul=rig.remaining_ul())
-    start_pumps(rig, plan)
-    with pytest.raises(SyringeEmpty, match="ran dry"):
-        for _ in range(200):
-            rig.clock.sleep(5.0)
-            check_pumps(rig, plan)
-    status = rig.pumps["cui"].status()
-    assert status.alarm == "syringe empty" and status.remaining_ul == 0.0 and not status.running
-    # It ran dry when its 400 uL were gone (plus the last of the compliance lag), not at the end
-    # of the programmed infusion.
-    assert rig.pumps["cui"].dispensed_ul() == pytest.approx(400.0, rel=0.01)
-    rig.safe_state()
-    rig.pumps["cui"].refill()
-    assert rig.pumps["cui"].status().alarm is None
-
-
-def test_a_syringe_that_holds_too_little_is_refused_before_the_run(platform, centre):
-    rig = virtual_rig(platform, seed=1)
-    remaining = {**rig.remaining_ul(), "cui": 100.0}
-    with pytest.raises(InfeasibleCondition, match="refill") as refused:
-        formulate(centre, platform, remaining_ul=remaining)
-    assert refused.value.rule == "syringe_volume"
-    pump = rig.pumps["cui"]
-    pump.refill(100.0)  # the operator loaded 100 uL
-    with pytest.raises(SyringeEmpty, match="holds 100 uL"):
-        pump.infuse(100.0, 5000.0)  # the pump itself refuses more than it holds
-
-def test_a_spectrometer_disconnects_after_n_reads(platform):
-    faults = FaultPlan(disconnect_spectrometer="pl", disconnect_after_reads=3)
-    lab = VirtualLab(platform, seed=1, faults=faults)
-    spectrometer = lab.spectrometers["pl"]
-    for _ in range(3):
-        spectrometer.intensities()
-    with pytest.raises(InstrumentDisconnected, match="vanished"):
-        spectrometer.intensities()
-    with pytest.raises(InstrumentDisconnected, match="not connected"):
-        spectrometer.set_integration_time_ms(50.0)
-    lab.spectrometers["abs"].intensities()  # the other one is fine
-
-
-def test_a_light_leak_saturates_the_pl_detector(platform):
-    lab = VirtualLab(platform, seed=1, faults=FaultPlan(light_leak_at_s=100.0))
-    spectrometer = lab.spectrometers["pl"]
-    assert spectrometer.intensities().max() < spectrometer.max_counts  # dark: LED off, no leak yet
-    lab.clock.sleep(100.0)
-    assert spectrometer.intensities().max() == spectrometer.max_counts
-    with pytest.raises(SaturatedSpectrum, match="shortest integration time"):
-        choose_integration_ms(spectrometer, target_fill=0.75)
+# --- seeds ---------------------------------------------------------------------------------
 
 
 def test_the_same_seed_gives_the_same_spectra(platform, centre):
@@ -447,44 +320,6 @@ def test_the_same_seed_gives_the_same_spectra(platform, centre):
     first, again, other = spectra(7), spectra(7), spectra(8)
     assert all(np.array_equal(a, b) for a, b in zip(first, again))
     assert not any(np.array_equal(a, b) for a, b in zip(first, other))
-
-
-# --- the safe state -------------------------------------------------------------------------
-
-
-@pytest.fixture
-def busy_rig(platform, centre):
-    """A rig with every pump infusing, the reactor hot and both lights on."""
-    rig = virtual_rig(platform, seed=1)
-    rig.heater.set_setpoint(140.0)
-    start_pumps(rig, formulate(centre, platform))
-    for light in rig.light_sources.values():
-        light.on()
-    rig.clock.sleep(20.0)
-    assert all(pump.status().running for pump in rig.pumps.values())
-    return rig
-
-
-assert_safe = assert_rig_safe  # tests/conftest.py
-
-
-def test_safe_state_stops_pumps_heater_and_lights(busy_rig):
-    assert busy_rig.safe_state() == []
-    assert_safe(busy_rig)
-
-
-def test_safe_state_retries_through_transient_faults(busy_rig):
-    busy_rig.lab.faults.plan.timeouts_next = 2
-    assert busy_rig.safe_state() == []
-    assert busy_rig.lab.faults.plan.timeouts_next == 0
-    assert_safe(busy_rig)
-
-
-def test_safe_state_reports_what_would_not_obey_and_never_raises(busy_rig):
-    busy_rig.lab.faults.plan.timeouts_next = 3  # the first pump fails all its attempts
-    assert busy_rig.safe_state() == ["pump cui did not confirm stop"]
-    assert busy_rig.pumps["cui"].status().running
-    assert busy_rig.heater.setpoint() is None
 
 
 # --- spectrometer ---------------------------------------------------------------------------

@@ -30,6 +30,7 @@ from hardware.errors import (
     WrongDevice,
 )
 from hardware.interfaces import TemperatureController
+from hardware.retry import COMMAND_ATTEMPTS
 from hardware.virtual.lab import VirtualLab
 
 TIMEOUT_S = 1.0
@@ -151,31 +152,58 @@ def test_a_clamped_setpoint_is_a_named_error(controller, emulator):
         controller.set_setpoint(150.0)
 
 
-def test_silence_is_a_timeout_and_the_link_recovers(impatient, emulator):
-    emulator.silent = 2
-    for _ in range(2):
-        with pytest.raises(InstrumentTimeout, match="no reply .* register 2820"):
-            impatient.read_temperature()
+def test_one_unanswered_request_is_sent_again(impatient, emulator):
+    emulator.silent = 1
+    assert impatient.read_temperature() == pytest.approx(22.0, abs=0.2)
+    assert impatient.retries.total == 1 and emulator.requests == 3  # units, then the read twice
+
+
+def test_silence_on_every_try_is_a_timeout_and_the_link_recovers(impatient, emulator):
+    impatient.units()
+    emulator.silent = COMMAND_ATTEMPTS
+    with pytest.raises(InstrumentTimeout, match="no reply .* register 2820"):
+        impatient.read_temperature()
     assert impatient.read_temperature() == pytest.approx(22.0, abs=0.2)
 
 
 def test_silence_from_the_lab_fault_plan(impatient, lab):
-    lab.faults.plan.timeouts_next = 1
+    impatient.units()
+    lab.faults.plan.timeouts_next = COMMAND_ATTEMPTS
     with pytest.raises(InstrumentTimeout):
         impatient.read_temperature()
+    lab.faults.plan.timeouts_next = 1
     impatient.read_temperature()
 
 
-def test_malformed_and_busy_replies_are_transient(controller, emulator):
-    emulator.garble = 2
+def test_malformed_and_busy_replies_are_transient_and_retried(controller, emulator):
+    controller.units()
+    emulator.garble = COMMAND_ATTEMPTS
     with pytest.raises(GarbledReply, match="got 3"):
         controller.read_temperature()
+    emulator.garble = COMMAND_ATTEMPTS
     with pytest.raises(GarbledReply, match="acknowledged"):
         controller.standby()
-    emulator.reply_exception(6)
+    emulator.reply_exception(6, times=COMMAND_ATTEMPTS)
     with pytest.raises(TransientInstrumentError, match="busy"):
         controller.read_temperature()
+    emulator.garble = 1
+    emulator.reply_exception(6, times=1)
     controller.read_temperature()
+
+
+@pytest.mark.parametrize("fault", ["emulator", "lab"])
+def test_a_garbled_set_point_write_took_effect_and_is_written_again(controller, lab, emulator, fault):
+    """A garbled acknowledgement comes from a controller that did write the register: writing the
+    same value again is harmless, and the read-back still checks it."""
+    controller.units()
+    if fault == "emulator":
+        emulator.garble = 1
+    else:
+        lab.faults.plan.garbled_next = 1
+    controller.set_setpoint(130.0)
+    assert [address for address, _ in emulator.writes] == [2782, 2782, 2730]
+    assert controller.setpoint() == pytest.approx(130.0) and lab.heater.setpoint() == pytest.approx(130.0)
+    assert controller.retries.total == 1
 
 
 def test_disconnect_names_the_address_and_the_fix(controller, emulator):
@@ -247,6 +275,8 @@ def test_pm_over_rtu_on_a_pty(lab):
             ctl.standby()
             assert ctl.setpoint() is None and lab.heater.setpoint() is None
             emu.silent = 1
+            ctl.read_temperature()  # asked again
+            emu.silent = COMMAND_ATTEMPTS
             with pytest.raises(InstrumentTimeout, match=emu.device):
                 ctl.read_temperature()
             emu.disconnect()

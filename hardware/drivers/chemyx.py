@@ -4,13 +4,20 @@ The pump echoes each command, answers one or more lines and prompts ">". Every s
 checked against the value the pump says it took; a difference means it clamped the request, and
 the driver stops there. Several channels of one pump share a `SerialLink`.
 
+A lost or garbled reply costs one command a retry (hardware/retry.py): queries, checked set
+commands, `stop` and `pause` are sent again. `start` is not safe to repeat blindly (a start whose
+reply was lost may have started the pump), so the driver first asks the pump what happened.
+
 Protocol as this driver assumes it (Chemyx serial-command pages; not verified on hardware):
 - commands are lower case and end with CR LF; a channel prefix ("2 set rate 10") on multi-channel pumps;
-- answers read "name = value" (e.g. "rate = 10") or a bare value; `read limit parameter` answers
-  "max_rate min_rate max_volume min_volume" in the current units;
+- answers read "name = value" (e.g. "rate = 10") or a bare value;
+- `read limit parameter` answers four numbers, "max_volume min_volume max_rate min_rate", in the
+  current units (the vendor's help text: "Pump Return Max/Min volume & Rate"; Chemyx's MATLAB
+  driver reads them in this order);
 - `pump status`: 0 stopped, 1 running, 2 paused, 3 delayed start, 4 stalled;
 - `start` answers "Pump start running..." (or "Pump delay..."); anything else means it did not start;
-- `dispensed volume` is the volume of the current (or last) run, in the current volume unit;
+- `dispensed volume` is the volume of the current (or last) run, in the current volume unit; a
+  `start` that takes effect restarts it;
 - set commands are accepted while the pump runs, and `start` then re-programs the running pump
   (so `infuse` can change a condition without stopping the flow).
 """
@@ -30,10 +37,12 @@ from hardware.errors import (
     PumpStalled,
     SafetyLimitExceeded,
     SyringeEmpty,
+    TransientInstrumentError,
     ValueClamped,
     WrongDevice,
 )
 from hardware.interfaces import PumpStatus
+from hardware.retry import COMMAND_ATTEMPTS, RetryCounter, retry
 
 UNITS_UL_MIN = 2
 """`set units` code for uL/min (0 mL/min, 1 mL/hr, 2 uL/min, 3 uL/hr); volumes are then in uL."""
@@ -44,6 +53,7 @@ INVALID = "invalid command!"
 
 log = logging.getLogger(__name__)
 
+
 def format_number(value: float, decimals: int = 5) -> str:
     """A number as the pump takes it: fixed point, no trailing zeros ("12.5", "40000")."""
     text = f"{value:.{decimals}f}".rstrip("0").rstrip(".")
@@ -52,12 +62,13 @@ def format_number(value: float, decimals: int = 5) -> str:
 
 @dataclass(frozen=True)
 class PumpLimits:
-    """What `read limit parameter` reports for the programmed syringe, in uL and uL/min."""
+    """What `read limit parameter` reports for the programmed syringe, in uL and uL/min (in the
+    pump's order: max volume, min volume, max rate, min rate)."""
 
-    max_rate_ul_min: float
-    min_rate_ul_min: float
     max_volume_ul: float
     min_volume_ul: float
+    max_rate_ul_min: float
+    min_rate_ul_min: float
 
 
 class ChemyxPump:
@@ -65,12 +76,17 @@ class ChemyxPump:
 
     Opening it asks the pump for its status, so a wrong port fails at once (`WrongDevice`).
     Rates and volumes are checked against the syringe's limits before anything is sent.
+    `retries` counts the commands retried after a lost or garbled reply (shared by a rig).
+
+    Volume bookkeeping: `_used_ul` is what was dispensed since the last fill, not counting the
+    part of the pump's run counter (`dispensed volume`) above `_counted_ul`; `_run_open` says
+    the run counter belongs to a run this driver started.
     """
 
     def __init__(self, port_or_url: str | None = None, *, name: str, syringe_volume_ul: float,
                  syringe_inner_diameter_mm: float, min_rate_ul_min: float, max_rate_ul_min: float,
                  channel: int | None = None, baudrate: int = 9600, timeout_s: float = 1.0,
-                 link: Link | None = None):
+                 link: Link | None = None, retries: RetryCounter | None = None):
         if (port_or_url is None) == (link is None):
             raise ValueError("give exactly one of: a port (or pyserial URL), or a shared link")
         self.name = name
@@ -86,9 +102,11 @@ class ChemyxPump:
             except InstrumentDisconnected as exc:
                 raise InstrumentDisconnected(name, str(exc)) from exc
         self.link = link
+        self.retries = retries if retries is not None else RetryCounter()
         self._fill_ul = self.syringe_volume_ul
-        self._used_ul = 0.0  # dispensed by finished runs since the last fill
-        self._run_open = False  # a run started by this driver whose volume is not yet in _used_ul
+        self._used_ul = 0.0
+        self._run_open = False
+        self._counted_ul = 0.0
         self._rate_ul_min = 0.0
         try:
             self._probe()
@@ -100,8 +118,8 @@ class ChemyxPump:
     def _command(self, text: str) -> str:
         return text if self.channel is None else f"{self.channel} {text}"
 
-    def _exchange(self, text: str) -> list[str]:
-        """Send one command; return the answer lines (echo and prompt removed)."""
+    def _exchange_once(self, text: str) -> list[str]:
+        """Send one command once; return the answer lines (echo and prompt removed)."""
         command = self._command(text)
         try:
             raw = self.link.exchange(command.encode("ascii") + b"\r\n", b">")
@@ -119,9 +137,20 @@ class ChemyxPump:
             raise GarbledReply(self.name, f"reply to {command!r} does not start with its echo: {raw[:60]!r}")
         return lines[1:]
 
+    def _retried(self, text: str, command):
+        """Run `command` (which sends `text`), again after a lost or garbled reply."""
+        return retry(command, instrument=self.name, what=repr(self._command(text)), counter=self.retries,
+                     before_retry=self.link.discard_input)
+
+    def _ask(self, text: str) -> list[str]:
+        """Send a command that is safe to repeat; return the answer lines."""
+        return self._retried(text, lambda: self._exchange_once(text))
+
     def _value(self, text: str) -> float:
-        """Send a command whose answer is one number ("rate = 10" or "10")."""
-        lines = self._exchange(text)
+        """Send a command, safe to repeat, whose answer is one number ("rate = 10" or "10")."""
+        return self._retried(text, lambda: self._number(text, self._exchange_once(text)))
+
+    def _number(self, text: str, lines: list[str]) -> float:
         if not lines:
             raise GarbledReply(self.name, f"no value in the reply to {text!r}")
         value = lines[-1].rsplit("=", 1)[-1].strip()
@@ -144,16 +173,27 @@ class ChemyxPump:
                 "outside the pump's limits for this syringe (nothing was started); check `read limit parameter`",
             )
 
+    def _status_code(self) -> int:
+        """`pump status` as a code of STATUS_CODES (asked again after a lost or unreadable reply)."""
+        text = "pump status"
+        return self._retried(text, lambda: self._code(self._number(text, self._exchange_once(text))))
+
+    def _code(self, number: float) -> int:
+        if number not in STATUS_CODES:
+            raise GarbledReply(self.name, f"unknown pump status {number:g}")
+        return int(number)
+
     def _probe(self) -> None:
+        """Ask for the status (a few tries, like any query); no Chemyx answer at all is `WrongDevice`."""
         command = self._command("pump status")
         try:
-            self._value("pump status")
+            self._status_code()
         except (InstrumentTimeout, GarbledReply, CommandRejected) as exc:
             raise WrongDevice(
                 self.name,
-                f"the device on {self.link.port} does not answer like a Chemyx pump ({exc}). Fix: check that "
-                f"this is the pump's port, that the pump is on, and that its baud rate matches; a Chemyx "
-                f"pump echoes {command!r} and ends its answer with '>'",
+                f"the device on {self.link.port} does not answer like a Chemyx pump ({exc}; {COMMAND_ATTEMPTS} "
+                f"tries). Fix: check that this is the pump's port, that the pump is on, and that its baud rate "
+                f"matches; a Chemyx pump echoes {command!r} and ends its answer with '>'",
             ) from exc
 
     # --- the SyringePump protocol ---------------------------------------------------------
@@ -184,7 +224,6 @@ class ChemyxPump:
             self._set("diameter", self.syringe_inner_diameter_mm, "mm", decimals=3)
             self._set("rate", rate_ul_min, "uL/min")
             self._set("volume", volume_ul, "uL")
-            self._run_open = True  # from here on the pump may dispense: count it
             try:
                 self._start()
             except BaseException:
@@ -193,11 +232,54 @@ class ChemyxPump:
             self._rate_ul_min = float(rate_ul_min)
 
     def _start(self) -> None:
-        lines = self._exchange("start")
+        """Send `start`. After a lost or garbled reply, ask the pump whether it started before
+        sending `start` again (at most COMMAND_ATTEMPTS starts in all)."""
+        for attempt in range(1, COMMAND_ATTEMPTS + 1):
+            try:
+                lines = self._exchange_once("start")
+            except TransientInstrumentError as exc:
+                self.link.discard_input()
+                started = self._started_anyway()
+                if not started and attempt == COMMAND_ATTEMPTS:
+                    raise
+                self.retries.add(self.name)
+                log.debug("%s: no readable reply to 'start' (%s); the pump %s", self.name, exc,
+                          "had started" if started else f"is idle, start try {attempt + 1} of {COMMAND_ATTEMPTS}")
+                if started:
+                    break
+                continue
+            self._check_started(lines)
+            break
+        self._run_open, self._counted_ul = True, 0.0  # the pump's run counter restarted with this run
+
+    def _started_anyway(self) -> bool:
+        """Whether a `start` whose reply was lost took effect.
+
+        Stalled raises PumpStalled; stopped or paused means the start was lost. Running means it
+        started, unless the pump was still running the previous run: a start restarts the run
+        counter, so a counter below what was already counted means the new run is going. When the
+        start was lost, what the previous run moved meanwhile is counted before the next try.
+        (A run so short that it ended before this check would be started again; runs last minutes.)
+        """
+        code = self._status_code()
+        if code == 4:
+            raise PumpStalled(self.name, "the pump reports a stall after 'start': check the syringe, the plunger "
+                              "clamp and the line for a blockage")
+        if not self._run_open:  # no run of ours before: running can only be this start
+            return code in (1, 3)
+        run_ul = self._value("dispensed volume")
+        if code in (1, 3) and run_ul < self._counted_ul:
+            return True
+        self._used_ul += max(run_ul - self._counted_ul, 0.0)
+        self._counted_ul = run_ul
+        return False
+
+    def _check_started(self, lines: list[str]) -> None:
+        """Raise unless the reply to `start` says the pump runs (or waits for its delay)."""
         reply = " ".join(lines)
         if any(reply.lower().startswith(ok) for ok in STARTED_REPLIES):
             return
-        code = int(self._value("pump status"))
+        code = self._status_code()
         if code == 4:
             raise PumpStalled(self.name, f"the pump refused to start and reports a stall ({reply!r}): "
                               "check the syringe, the plunger clamp and the line for a blockage")
@@ -205,21 +287,19 @@ class ChemyxPump:
 
     def stop(self) -> None:
         with self.link.lock:
-            self._exchange("stop")
+            self._ask("stop")
             self._rate_ul_min = 0.0
 
     def pause(self) -> None:
         """Pause the run (`start` would resume it; `infuse` programs a new one)."""
         with self.link.lock:
-            self._exchange("pause")
+            self._ask("pause")
             self._rate_ul_min = 0.0
 
     def status(self) -> PumpStatus:
         with self.link.lock:
-            code = int(self._value("pump status"))
-            if code not in STATUS_CODES:
-                raise GarbledReply(self.name, f"unknown pump status {code}")
-            run_ul = self._value("dispensed volume") if self._run_open else 0.0
+            code = self._status_code()
+            run_ul = max(self._value("dispensed volume") - self._counted_ul, 0.0) if self._run_open else 0.0
         dispensed = self._used_ul + run_ul
         running = code in (1, 3)
         return PumpStatus(
@@ -232,39 +312,43 @@ class ChemyxPump:
 
     # --- bookkeeping, limits, identity --------------------------------------------------------
     def _close_run(self) -> None:
-        """Add the last run's dispensed volume to the total before a new run resets the pump's count."""
+        """Count the last run's dispensed volume before a new run restarts the pump's counter."""
         if self._run_open:
-            self._used_ul += self._value("dispensed volume")
-            self._run_open = False
+            run_ul = self._value("dispensed volume")
+            self._used_ul += max(run_ul - self._counted_ul, 0.0)
+            self._counted_ul = run_ul
 
     def set_fill(self, volume_ul: float | None = None) -> None:
         """Tell the driver the syringe was refilled (full by default). Call it with the pump stopped."""
         volume = self.syringe_volume_ul if volume_ul is None else float(volume_ul)
         if not (math.isfinite(volume) and 0 <= volume <= self.syringe_volume_ul):
             raise SafetyLimitExceeded(self.name, f"fill {volume:g} uL must be in [0, {self.syringe_volume_ul:g}] uL")
-        self._fill_ul, self._used_ul, self._run_open = volume, 0.0, False
+        self._fill_ul, self._used_ul, self._run_open, self._counted_ul = volume, 0.0, False, 0.0
 
     def read_limits(self) -> PumpLimits:
-        """The pump's own rate and volume limits for this syringe (sets units and diameter first)."""
+        """The pump's own volume and rate limits for this syringe (sets units and diameter first)."""
         with self.link.lock:
             self._value(f"set units {UNITS_UL_MIN}")
             self._set("diameter", self.syringe_inner_diameter_mm, "mm", decimals=3)
-            lines = self._exchange("read limit parameter")
-        try:
-            values = [float(v) for v in " ".join(lines).replace("=", " ").split() if _is_number(v)]
-            max_rate, min_rate, max_volume, min_volume = values[-4:]
-        except ValueError:
-            raise GarbledReply(self.name, f"'read limit parameter' answered {lines!r}") from None
-        return PumpLimits(max_rate, min_rate, max_volume, min_volume)
+            text = "read limit parameter"
+            return self._retried(text, lambda: self._limits(self._exchange_once(text)))
+
+    def _limits(self, lines: list[str]) -> PumpLimits:
+        """Parse the answer to `read limit parameter`: max volume, min volume, max rate, min rate."""
+        values = [float(v) for v in " ".join(lines).replace("=", " ").split() if _is_number(v)]
+        if len(values) < 4:
+            raise GarbledReply(self.name, f"'read limit parameter' answered {lines!r}, not four numbers")
+        max_volume, min_volume, max_rate, min_rate = values[-4:]
+        return PumpLimits(max_volume, min_volume, max_rate, min_rate)
 
     def identify(self) -> str:
         """One line for `sdfl doctor`: where the pump is and what it reports (harmless queries only)."""
         with self.link.lock:
-            limits = " ".join(self._exchange("read limit parameter"))
-            code = int(self._value("pump status"))
+            limits = " ".join(self._ask("read limit parameter"))
+            code = self._status_code()
         where = self.link.port + ("" if self.channel is None else f" channel {self.channel}")
-        return (f"Chemyx pump {self.name!r} on {where}: status {code} ({STATUS_CODES.get(code, '?')}), "
-                f"limits (max rate, min rate, max volume, min volume) = {limits}")
+        return (f"Chemyx pump {self.name!r} on {where}: status {code} ({STATUS_CODES[code]}), "
+                f"limits (max volume, min volume, max rate, min rate) = {limits}")
 
     def close(self) -> None:
         """Close the port if this driver opened it (a shared link stays open for the other channels)."""
@@ -280,7 +364,7 @@ class ChemyxPump:
     def _stop_quietly(self) -> None:
         """Best-effort stop after a failed start; an error here must not hide the first one."""
         try:
-            self._exchange("stop")
+            self._ask("stop")
         except Exception as exc:  # noqa: BLE001 - the first error is the one that matters
             log.warning("%s: stop after a failed start did not go through either: %s", self.name, exc)
 

@@ -14,6 +14,10 @@ DH-2000-BAL: its deuterium and halogen lamps stay lit (they need ~30 min to stab
 "off" open and close its shutter, which follows a TTL level on its shutter input. Feed that input
 from a GPIO/lamp-enable line of the spectrometer, or switch it through a relay channel; if the
 shutter opens on a low level, pass `active_high=False` / `invert=True`.
+
+Switching is safe to repeat (on twice is on), so each switch and each read of a line's state is
+sent again after a lost or garbled reply (hardware/retry.py). A plain `lcus` board never answers:
+it cannot report a fault, and its frames are never retried.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ from hardware.errors import (
     InstrumentTimeout,
     PlatformConfigError,
 )
+from hardware.retry import RetryCounter, retry
 
 log = logging.getLogger(__name__)
 
@@ -64,8 +69,8 @@ class SpectrometerLampSource:
 
     def _set(self, on: bool) -> None:
         try:
-            with self.spectrometer.guarded(f"switching lamp-enable for {self.name} {'on' if on else 'off'}"):
-                self._feature.enable_lamp(bool(on))
+            self.spectrometer.retried(f"switching lamp-enable for {self.name} {'on' if on else 'off'}",
+                                      lambda: self._feature.enable_lamp(bool(on)), self.name)
         except NotImplementedError as exc:
             raise PlatformConfigError(f"light source {self.name!r}: {NO_FEATURE_HINT}") from exc
         self._on = on
@@ -106,13 +111,15 @@ class GpioLightSource:
         self.off()
 
     def _level(self) -> bool:
-        with self.spectrometer.guarded(f"reading GPIO pin {self.pin} of {self.name}"):
-            return bool(int(self._gpio.get_gpio_value_vector()) & self._mask)
+        return self.spectrometer.retried(f"reading GPIO pin {self.pin} of {self.name}",
+                                         lambda: bool(int(self._gpio.get_gpio_value_vector()) & self._mask),
+                                         self.name)
 
     def _set(self, on: bool) -> None:
         level = on == self.active_high
-        with self.spectrometer.guarded(f"switching {self.name} {'on' if on else 'off'} on GPIO pin {self.pin}"):
-            self._gpio.set_gpio_value_vector(self._mask if level else 0, self._mask)
+        self.spectrometer.retried(f"switching {self.name} {'on' if on else 'off'} on GPIO pin {self.pin}",
+                                  lambda: self._gpio.set_gpio_value_vector(self._mask if level else 0, self._mask),
+                                  self.name)
         if self._level() != level:
             raise FatalInstrumentError(self.name, (
                 f"GPIO pin {self.pin} of {self.spectrometer.serial_number} did not go "
@@ -150,11 +157,14 @@ class RelayBoard:
     _boards: dict[str, RelayBoard] = {}
     _boards_lock = threading.Lock()
 
-    def __init__(self, port: str, protocol: str = "lcus", baudrate: int = 9600, timeout_s: float = 0.5):
+    def __init__(self, port: str, protocol: str = "lcus", baudrate: int = 9600, timeout_s: float = 0.5,
+                 retries: RetryCounter | None = None):
         if protocol not in PROTOCOLS:
             raise PlatformConfigError(f"relay protocol {protocol!r} is unknown; use one of {', '.join(PROTOCOLS)}")
         self.port = port
         self.protocol = protocol
+        self.retries = retries if retries is not None else RetryCounter()
+        """Frames sent again after a lost or garbled answer (the first user's counter, for a shared board)."""
         self._lock = threading.Lock()
         self._users = 0
         try:
@@ -190,13 +200,33 @@ class RelayBoard:
         if self.protocol == "lcus":
             self._exchange(frame(channel, OP_ON if on else OP_OFF), reply=False)
             return None
-        return self._reply_state(channel, self._exchange(frame(channel, OP_ON_REPLY if on else OP_OFF_REPLY)))
+        op = OP_ON_REPLY if on else OP_OFF_REPLY
+        return self._ask(channel, op, f"switch channel {channel} {'on' if on else 'off'}")
 
     def state(self, channel: int) -> bool | None:
         """The channel's state as the board reports it, or None if it cannot report."""
         if self.protocol == "lcus":
             return None
-        return self._reply_state(channel, self._exchange(frame(channel, OP_QUERY)))
+        return self._ask(channel, OP_QUERY, f"state of channel {channel}")
+
+    def _ask(self, channel: int, op: int, what: str) -> bool:
+        """Send a frame that the board answers with the channel's state; again after a transient error."""
+        return retry(lambda: self._reply_state(channel, self._exchange(frame(channel, op))),
+                     instrument=f"relay {self.port}", what=what, counter=self.retries,
+                     before_retry=self._discard_input)
+
+    def _discard_input(self, settle_s: float = 0.02) -> None:
+        """Drop a late or partial answer before the frame is sent again."""
+        with self._lock:
+            try:
+                timeout, self._serial.timeout = self._serial.timeout, settle_s
+                try:
+                    self._serial.read(64)
+                finally:
+                    self._serial.timeout = timeout
+            except (serial.SerialException, OSError) as exc:
+                raise InstrumentDisconnected(f"relay {self.port}",
+                                             f"serial port failed ({exc}); check the USB cable") from exc
 
     def _exchange(self, request: bytes, reply: bool = True) -> bytes:
         who = f"relay {self.port}"
@@ -228,7 +258,8 @@ class SerialRelaySource:
     """
 
     def __init__(self, port: str, channel: int, name: str, protocol: str = "lcus", invert: bool = False,
-                 baudrate: int = 9600, timeout_s: float = 0.5, settle_s: float = 0.05):
+                 baudrate: int = 9600, timeout_s: float = 0.5, settle_s: float = 0.05,
+                 retries: RetryCounter | None = None):
         if not 1 <= int(channel) <= 8:
             raise PlatformConfigError(f"light source {name!r}: relay channel {channel} is not in 1-8")
         self.name = name
@@ -237,7 +268,7 @@ class SerialRelaySource:
         self.settle_s = settle_s
         """Wait after a switch the board cannot confirm: the frame is still on the wire, the contact
         bounces for a few ms and the lamp or shutter needs a moment before a spectrum is taken."""
-        self.board = RelayBoard.shared(port, protocol, baudrate=baudrate, timeout_s=timeout_s)
+        self.board = RelayBoard.shared(port, protocol, baudrate=baudrate, timeout_s=timeout_s, retries=retries)
         self._on = False
         self.off()
 

@@ -10,7 +10,12 @@ Facts from seabreeze 2.11 that shape this module:
   is supported only by the pure-Python `pyseabreeze` backend (needs pyusb and libusb-1.0);
 - there is no integration-time getter, so the driver remembers what it set; the device's upper
   limit is exclusive (`min <= us < max`);
-- the first spectrum after an integration-time change was exposed with the previous time.
+- the first spectrum after an integration-time change was exposed with the previous time;
+- pyseabreeze checks every USB message (start bytes, protocol version, lengths): a corrupted
+  transfer raises a `SeaBreezeError` naming the check, which this driver calls a garbled reply.
+
+Reading a spectrum and setting the integration time are safe to repeat: each is tried again after a
+USB timeout or a garbled transfer (hardware/retry.py).
 """
 
 from __future__ import annotations
@@ -35,11 +40,15 @@ from hardware.errors import (
     SpectrometerNotFound,
 )
 from hardware.interfaces import LightSource
+from hardware.retry import RetryCounter, retry
 
 log = logging.getLogger(__name__)
 
 BACKENDS = ("pyseabreeze", "cseabreeze")
 DEFAULT_INTEGRATION_MS = 100.0
+GARBLED_TRANSFER = ("start_bytes wrong", "protocol version wrong", "header has wrong length",
+                    "packet length mismatch", "received message <")
+"""Words of pyseabreeze's protocol checks (lower case): the USB message arrived but is corrupted."""
 DEVICE_KEYS = ("backend", "discard_after_change", "nonlinearity")
 """Keys allowed in a platform file's `[spectrometers.<role>.device]` table."""
 
@@ -109,8 +118,10 @@ class OceanSpectrometer:
     def __init__(self, device: Any, *, name: str | None = None, api: Any = None, backend: str = "pyseabreeze",
                  min_integration_ms: float | None = None, max_integration_ms: float | None = None,
                  discard_after_change: bool = True, nonlinearity: bool = True,
-                 initial_integration_ms: float = DEFAULT_INTEGRATION_MS):
+                 initial_integration_ms: float = DEFAULT_INTEGRATION_MS, retries: RetryCounter | None = None):
         self._dev = device
+        self.retries = retries if retries is not None else RetryCounter()
+        """USB commands sent again after a timeout or a garbled transfer (its light sources count here too)."""
         self.serial_number = str(device.serial_number)
         self.model = str(device.model)
         self.name = name or f"{self.model}-{self.serial_number}"
@@ -176,7 +187,7 @@ class OceanSpectrometer:
         return cls(device, name=name, api=api, backend=backend, **options)
 
     @classmethod
-    def from_config(cls, config, api: Any = None) -> OceanSpectrometer:
+    def from_config(cls, config, api: Any = None, retries: RetryCounter | None = None) -> OceanSpectrometer:
         """Open the unit a platform file's `[spectrometers.<role>]` table describes.
 
         Its `device` table may set `backend`, `discard_after_change` and `nonlinearity`.
@@ -190,7 +201,7 @@ class OceanSpectrometer:
             config.serial_number, name=config.name, api=api, backend=device.get("backend", "pyseabreeze"),
             min_integration_ms=config.min_integration * 1e3, max_integration_ms=config.max_integration * 1e3,
             discard_after_change=bool(device.get("discard_after_change", True)),
-            nonlinearity=bool(device.get("nonlinearity", True)),
+            nonlinearity=bool(device.get("nonlinearity", True)), retries=retries,
         )
         if spectrometer.pixels != config.pixels or spectrometer.raw_full_scale != config.max_counts:
             log.warning("%s: the unit has %d pixels and full scale %g; the platform file says %d and %g",
@@ -214,8 +225,8 @@ class OceanSpectrometer:
         micros = int(round(ms * 1e3))
         if self._integration_ms is not None and micros == int(round(self._integration_ms * 1e3)):
             return
-        with self.guarded(f"setting the integration time to {ms:g} ms"):
-            self._dev.integration_time_micros(micros)
+        self.retried(f"setting the integration time to {ms:g} ms",
+                     lambda: self._dev.integration_time_micros(micros))
         self._integration_ms = micros / 1e3
         self._stale = True
 
@@ -266,6 +277,16 @@ class OceanSpectrometer:
         with self.guarded(f"looking up its {identifier!r} feature"):
             return getattr(self._dev.f, identifier, None)
 
+    def retried(self, doing: str, call, name: str | None = None):
+        """`call()` under `guarded(doing)`, again after a USB timeout or a garbled transfer (for
+        calls that are safe to repeat). `name` is who the retry is counted for (this unit by default)."""
+
+        def once():
+            with self.guarded(doing):
+                return call()
+
+        return retry(once, instrument=name or self.name, what=doing, counter=self.retries)
+
     @contextlib.contextmanager
     def guarded(self, doing: str) -> Iterator[None]:
         """Run device calls under this unit's lock, turning seabreeze/USB errors into sdfl errors."""
@@ -301,8 +322,11 @@ class OceanSpectrometer:
 
     # --- internals -----------------------------------------------------------------------------
     def _read(self) -> np.ndarray:
-        with self.guarded("reading a spectrum"):
-            raw = np.array(self._dev.intensities(correct_dark_counts=False, correct_nonlinearity=False), dtype=float)
+        """One spectrum, linearized; read again after a USB timeout or a garbled transfer."""
+        return self.retried("reading a spectrum", self._read_raw)
+
+    def _read_raw(self) -> np.ndarray:
+        raw = np.array(self._dev.intensities(correct_dark_counts=False, correct_nonlinearity=False), dtype=float)
         if raw.shape != self._wavelengths.shape:
             raise GarbledReply(self.name, f"spectrum of {raw.shape} values, expected {self._wavelengths.size}")
         return self._linearize(raw)
@@ -311,6 +335,8 @@ class OceanSpectrometer:
         what = f"{doing} on {self.model} {self.serial_number}: {type(exc).__name__}: {exc}"
         if "Timeout" in type(exc).__name__ or getattr(exc, "errno", None) == errno.ETIMEDOUT:
             return InstrumentTimeout(self.name, f"no answer while {what}")
+        if any(words in str(exc).lower() for words in GARBLED_TRANSFER):
+            return GarbledReply(self.name, f"corrupted USB message while {what}")
         if "range" in str(exc) or "Integration not in" in str(exc):
             return SafetyLimitExceeded(self.name, f"the unit refused {what}")
         return InstrumentDisconnected(self.name, (

@@ -27,13 +27,21 @@ except ImportError:  # pragma: no cover - Windows
     _TTY_ERRORS = (serial.SerialException, OSError)
 
 
+STALE_SETTLE_S = 0.05
+"""How long `discard_input` waits for the rest of a late reply (about 50 characters at 9600 baud)."""
+
+
 class Link(Protocol):
-    """What a driver needs from a line: a port name, a lock, `exchange` and `close`."""
+    """What a driver needs from a line: a port name, a lock, `exchange`, `discard_input` and `close`."""
 
     port: str
     lock: threading.RLock
 
     def exchange(self, command: bytes, terminator: bytes = b">") -> bytes:
+        ...
+
+    def discard_input(self) -> None:
+        """Drop input no command is waiting for (a late reply), before a command is sent again."""
         ...
 
     def close(self) -> None:
@@ -154,6 +162,22 @@ class SerialLink:
                 self.log.record("rx", reply)
             return bytes(reply)
 
+    def discard_input(self, settle_s: float = STALE_SETTLE_S) -> None:
+        """Drop what the instrument sent that no command waits for: a reply that came too late,
+        or the rest of a garbled one. Waits `settle_s` for it to finish arriving."""
+        with self.lock:
+            try:
+                timeout = self._serial.timeout
+                self._serial.timeout = settle_s
+                try:
+                    stale = self._serial.read(4096)
+                finally:
+                    self._serial.timeout = timeout
+            except _TTY_ERRORS as exc:
+                raise InstrumentDisconnected(self.port, f"serial port {self.port!r} failed: {exc}") from exc
+            if stale and self.log is not None:
+                self.log.record("rx", stale)
+
     def close(self) -> None:
         with self.lock:
             try:
@@ -208,6 +232,9 @@ class ReplayLink:
                 raise ReplayMismatch(self.position, expected, command)
             self.position += 1
             return reply
+
+    def discard_input(self) -> None:
+        """Late input was recorded as part of the reply before it: nothing to drop."""
 
     def close(self) -> None:
         """A replay holds no port: nothing to release."""

@@ -24,6 +24,10 @@ Register numbers are Modbus *relative* addresses (0-based, as sent on the wire; 
 - Default RTU baud rates are assumptions (38400 for the F4T as in ESPEC's examples, 9600 for the
   PM): set them to what the controller's Communications menu shows.
 
+Retries: register reads and writes (set point, control mode) are idempotent, so each request is
+sent again after a lost or garbled reply or a "busy" exception (hardware/retry.py); every write is
+still read back.
+
 Units: with `units="auto"` (the default) the driver reads the controller's temperature-units
 register once and converts F to C if needed; pass `units="C"` or `"F"` when the register map has no
 known units register. None of this has been tried on a real controller.
@@ -53,6 +57,7 @@ from hardware.errors import (
     WrongDevice,
 )
 from hardware.interfaces import Clock
+from hardware.retry import RetryCounter, retry
 from hardware.stability import wait_until_stable
 
 MODE_AUTO, MODE_MANUAL, MODE_OFF = 10, 54, 62
@@ -126,10 +131,15 @@ EXCEPTION_NAMES = {1: "illegal function", 2: "illegal data address", 3: "illegal
 
 
 class ModbusLink:
-    """The transport seam: read and write holding registers, with pymodbus errors made sdfl errors."""
+    """The transport seam: read and write holding registers, with pymodbus errors made sdfl errors.
 
-    def __init__(self, client, *, where: str, unit_id: int, name: str, fix: str, registers: RegisterMap):
+    Each request is sent again after a transient error (reads and writes of these registers are
+    idempotent); `retries` counts it."""
+
+    def __init__(self, client, *, where: str, unit_id: int, name: str, fix: str, registers: RegisterMap,
+                 retries: RetryCounter | None = None):
         self.client = client
+        self.retries = retries if retries is not None else RetryCounter()
         self.where = where
         self.unit_id = unit_id
         self.name = name
@@ -142,6 +152,14 @@ class ModbusLink:
             raise InstrumentDisconnected(self.name, f"cannot open Modbus connection to {self.where}; {self.fix}")
 
     def read(self, address: int, count: int) -> list[int]:
+        return retry(lambda: self._read_once(address, count), instrument=self.name, counter=self.retries,
+                     what=f"read of register {address} ({self.registers.describe(address)})")
+
+    def write(self, address: int, values: list[int]) -> None:
+        retry(lambda: self._write_once(address, values), instrument=self.name, counter=self.retries,
+              what=f"write of register {address} ({self.registers.describe(address)})")
+
+    def _read_once(self, address: int, count: int) -> list[int]:
         reply = self._call(address, lambda: self.client.read_holding_registers(
             address, count=count, device_id=self.unit_id))
         self._check(reply, address, write=False)
@@ -150,7 +168,7 @@ class ModbusLink:
             raise GarbledReply(self.name, f"asked {self.where} for {count} registers at {address}, got {len(registers)}")
         return registers
 
-    def write(self, address: int, values: list[int]) -> None:
+    def _write_once(self, address: int, values: list[int]) -> None:
         reply = self._call(address, lambda: self.client.write_registers(address, values, device_id=self.unit_id))
         self._check(reply, address, write=True)
         if getattr(reply, "address", address) != address or getattr(reply, "count", len(values)) != len(values):
@@ -218,7 +236,7 @@ class WatlowController:
     @classmethod
     def tcp(cls, host: str, port: int = 502, *, model: str | RegisterMap = "f4t", loop: int = 1, unit_id: int = 1,
             name: str | None = None, max_setpoint_c: float, timeout_s: float = 1.0,
-            units: Literal["auto", "C", "F"] = "auto") -> WatlowController:
+            units: Literal["auto", "C", "F"] = "auto", retries: RetryCounter | None = None) -> WatlowController:
         """Connect over Modbus TCP (the F4T's Ethernet port; Modbus TCP must be enabled on it)."""
         key, registers = _model(model)
         registers = registers.for_loop(loop)
@@ -226,7 +244,8 @@ class WatlowController:
         client = ModbusTcpClient(host, port=port, timeout=timeout_s, retries=0, reconnect_delay=0)
         fix = (f"check that the controller is powered, on the network at {host}, serves Modbus TCP on port {port} "
                "(F4T: Settings > Network > Modbus TCP enabled), and that no other program holds its connection")
-        link = ModbusLink(client, where=f"{host}:{port}", unit_id=unit_id, name=name, fix=fix, registers=registers)
+        link = ModbusLink(client, where=f"{host}:{port}", unit_id=unit_id, name=name, fix=fix, registers=registers,
+                          retries=retries)
         link.connect()
         return cls(link, registers, name=name, max_setpoint_c=max_setpoint_c, loop=loop, units=units)
 
@@ -234,7 +253,7 @@ class WatlowController:
     def rtu(cls, port: str, *, model: str | RegisterMap = "pm", loop: int = 1, unit_id: int = 1,
             baudrate: int | None = None, parity: str = "N", stopbits: int = 1, name: str | None = None,
             max_setpoint_c: float, timeout_s: float = 1.0,
-            units: Literal["auto", "C", "F"] = "auto") -> WatlowController:
+            units: Literal["auto", "C", "F"] = "auto", retries: RetryCounter | None = None) -> WatlowController:
         """Connect over Modbus RTU (RS-485 through a USB adapter), 8 data bits."""
         key, registers = _model(model)
         registers = registers.for_loop(loop)
@@ -244,9 +263,15 @@ class WatlowController:
                                     retries=0, reconnect_delay=0)
         fix = (f"check the USB-RS485 adapter is plugged in as {port}, that no other program has it open, and that "
                f"baud rate {baudrate}, parity {parity} and unit id {unit_id} match the controller's Communications menu")
-        link = ModbusLink(client, where=port, unit_id=unit_id, name=name, fix=fix, registers=registers)
+        link = ModbusLink(client, where=port, unit_id=unit_id, name=name, fix=fix, registers=registers,
+                          retries=retries)
         link.connect()
         return cls(link, registers, name=name, max_setpoint_c=max_setpoint_c, loop=loop, units=units, rtu=True)
+
+    @property
+    def retries(self) -> RetryCounter:
+        """Requests sent again after a transient error."""
+        return self.link.retries
 
     # --- TemperatureController --------------------------------------------------------------------
     def set_setpoint(self, celsius: float) -> None:

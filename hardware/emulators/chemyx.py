@@ -4,7 +4,9 @@ It speaks the command set `hardware.drivers.chemyx` documents (echo, answer, ">"
 turns `start`/`stop`/`pause` into calls on `VirtualPump`s, so a driver under test moves liquid in
 the virtual lab. Time is the lab's simulated clock: nothing here sleeps. Wire faults are switched
 on through `emulator.faults`; the lab's own faults (a stall, an empty syringe, injected timeouts
-and garbled replies) show up on the wire as a real pump would show them.
+and garbled replies) show up on the wire as a real pump would show them. The lab's fault plan acts
+on every command line: a lost command gets no answer and is not executed; a garbled one is
+executed and answered with noise.
 """
 
 from __future__ import annotations
@@ -95,10 +97,11 @@ class ChemyxEmulator(PtyServer):
             f.invalid_next -= 1
             return self._frame(text, ["Invalid Command!"])
         try:
-            answer = self.execute(text)
-        except InstrumentTimeout:  # the lab's injected timeout: say nothing
+            with self.lab.faults.command(self.name):  # one fault draw for the whole command
+                answer = self.execute(text)
+        except InstrumentTimeout:  # the lab lost this command: say nothing
             return None
-        except GarbledReply:
+        except GarbledReply:  # the pump did it; its answer is noise
             return GARBAGE
         if spoil and f.garble_next > 0:
             f.garble_next -= 1
@@ -133,17 +136,17 @@ class ChemyxEmulator(PtyServer):
         if command == "pump status":
             return [f"pump status = {self._status_code(first)}"]
         if command == "dispensed volume":
-            total_ul = first.pump.status().dispensed_ul  # syncs the lab; may carry the lab's injected faults
+            total_ul = first.pump.status().dispensed_ul  # syncs the lab
             run_ul = max(total_ul - first.run_base_ul, 0.0) if first.run_volume_ul else 0.0
             return [f"dispensed volume = {format_number(run_ul / UNITS[first.units][1])}"]
         if command == "elapsed time":
             minutes = (self.lab.clock.now() - first.run_started_s) / 60.0 if first.state else 0.0
             return [f"elapsed time = {format_number(minutes)}"]
-        if command == "read limit parameter":
+        if command == "read limit parameter":  # max volume, min volume, max rate, min rate
             rate_f, vol_f = UNITS[first.units]
             p = first.pump
-            values = (p.max_rate_ul_min / rate_f, p.min_rate_ul_min / rate_f, p.syringe_volume_ul / vol_f,
-                      MIN_VOLUME_UL / vol_f)
+            values = (p.syringe_volume_ul / vol_f, MIN_VOLUME_UL / vol_f, p.max_rate_ul_min / rate_f,
+                      p.min_rate_ul_min / rate_f)
             return [" ".join(format_number(v) for v in values)]
         if command == "help":
             return list(HELP)

@@ -30,6 +30,8 @@ class PtyDevice(ABC):
     """
 
     def __init__(self, *, name: str = "pty-device"):
+        self.errors: list[BaseException] = []
+        """Exceptions raised while answering (the thread keeps serving after one)."""
         self._master, self._slave = os.openpty()
         tty.setraw(self._slave)
         self.port = os.ttyname(self._slave)
@@ -55,7 +57,11 @@ class PtyDevice(ABC):
                 return
             if not chunk:
                 return
-            self.handle_bytes(chunk)
+            try:
+                self.handle_bytes(chunk)
+            except Exception as exc:  # a bug in one answer must not kill the device
+                log.exception("%s: error while handling %r", self.name, chunk)
+                self.errors.append(exc)
 
     def send(self, data: bytes) -> None:
         """Send bytes to the driver (from the server thread or a test)."""
@@ -103,8 +109,6 @@ class PtyServer(PtyDevice):
     """
 
     def __init__(self, *, name: str = "pty-server"):
-        self.errors: list[BaseException] = []
-        """Exceptions raised by `handle_line` (the thread keeps serving after one)."""
         self._buffer = b""
         super().__init__(name=name)
 

@@ -328,7 +328,7 @@ class _StrobeLampFeature:
     def enable_lamp(self, state: bool) -> None:
         self._owner._check()
         source = self._owner._api.lab.light_sources[self.role]
-        source.on() if state else source.off()
+        self._owner._call(source.on if state else source.off)
 
 
 class _GPIOFeature:
@@ -364,4 +364,4 @@ class _GPIOFeature:
         for pin, role in self._pins.items():
             if self._enable >> pin & 1:
                 source = self._owner._api.lab.light_sources[role]
-                source.on() if self._value >> pin & 1 else source.off()
+                self._owner._call(source.on if self._value >> pin & 1 else source.off)

@@ -8,12 +8,13 @@ the control mode calls `set_setpoint` / `standby`. Only the registers of the cho
 exist; any other address gets the "illegal data address" exception, as on a real controller.
 The lab's clock is simulated, so nothing here ever sleeps for physics.
 
-Fault switches: `silent = N` (the next N requests go unheard), `garble = N` (the next N replies
-are malformed: one register too many, or a wrong write echo), `reply_exception(code, times)`
+Fault switches: `silent = N` (the next N requests go unheard), `garble = N` (the next N requests
+are served but their replies are malformed: one register too many, or a wrong write echo), `reply_exception(code, times)`
 (Modbus exception replies), `disconnect()` (the controller goes away), `clamp_setpoint_c` (the set
 point is silently clamped, which the driver's read-back catches). The lab's own faults work
-too: `lab.faults.plan.heater_overshoot = True`, `timeouts_next` (heard as silence) and
-`garbled_probability` (a malformed reply). One client at a time.
+too: `lab.faults.plan.heater_overshoot = True`, and its transient faults act on every request: a
+lost one (`timeouts_next`, `timeout_probability`) goes unanswered and is not executed, a garbled
+one (`garbled_probability`) is executed and answered with a malformed reply. One client at a time.
 """
 
 from __future__ import annotations
@@ -48,14 +49,6 @@ def float_registers(value: float, word_order: str = "little") -> list[int]:
 def registers_float(registers: list[int], word_order: str = "little") -> float:
     low, high = registers if word_order == "little" else registers[::-1]
     return struct.unpack(">f", struct.pack(">HH", high, low))[0]
-
-
-class _Silence(Exception):
-    """This request gets no reply."""
-
-
-class _Garble(Exception):
-    """This request gets a malformed reply."""
 
 
 class WatlowEmulator(ABC):
@@ -133,7 +126,7 @@ class WatlowEmulator(ABC):
     def _get(self, name: str) -> list[int]:
         order = self.registers.word_order
         if name == "process_value":
-            return float_registers(self._to_device(self._heater_call(self.heater.read_temperature)), order)
+            return float_registers(self._to_device(self.heater.read_temperature()), order)
         if name == "setpoint":
             return float_registers(self._to_device(self._setpoint_c), order)
         return [self._mode if name == "control_mode" else self.units_code]
@@ -155,7 +148,7 @@ class WatlowEmulator(ABC):
                 celsius = min(celsius, self.clamp_setpoint_c)
             try:
                 if self._mode == MODE_AUTO:
-                    self._heater_call(self.heater.set_setpoint, celsius)
+                    self.heater.set_setpoint(celsius)
             except SafetyLimitExceeded:
                 return ExcCodes.ILLEGAL_VALUE
             self._setpoint_c = celsius
@@ -165,9 +158,9 @@ class WatlowEmulator(ABC):
             return ExcCodes.ILLEGAL_VALUE
         try:
             if mode == MODE_AUTO:
-                self._heater_call(self.heater.set_setpoint, self._setpoint_c)
+                self.heater.set_setpoint(self._setpoint_c)
             else:  # manual (open-loop power) is not modelled: the heater stops regulating
-                self._heater_call(self.heater.standby)
+                self.heater.standby()
         except SafetyLimitExceeded:
             return ExcCodes.ILLEGAL_VALUE
         self._mode = mode
@@ -175,15 +168,6 @@ class WatlowEmulator(ABC):
 
     def _to_device(self, celsius: float) -> float:
         return celsius * 1.8 + 32.0 if self.units_code == UNITS_F else celsius
-
-    def _heater_call(self, method, *args):
-        """Call the virtual heater; its injected faults become silence or a garbled reply."""
-        try:
-            return method(*args)
-        except InstrumentTimeout as exc:
-            raise _Silence() from exc
-        except GarbledReply as exc:
-            raise _Garble() from exc
 
     # --- per request, from the server's hooks ---------------------------------------------------
     def _on_request(self) -> None:
@@ -200,22 +184,26 @@ class WatlowEmulator(ABC):
 
     async def _action(self, function_code, start_address, address, count, registers, set_values):
         """pymodbus calls this for every register request (the block spans all addresses)."""
-        if self._fault is not None:
-            return None  # unheard, or answered by the reply hook
+        if self._fault == "silent" or isinstance(self._fault, int):
+            return None  # unheard, or refused with an exception by the reply hook
         try:
-            if set_values is None:
-                result = self.read(address, count)
-                if isinstance(result, int):
-                    return ExcCodes(result)
-                registers[address - start_address:address - start_address + count] = result
-                return None
-            code = self.write(address, list(set_values))
-            return None if code is None else ExcCodes(code)
-        except _Silence:
+            with self.heater._lab.faults.command(self.heater.name):  # the lab's fault plan, once per request
+                return self._apply_request(start_address, address, count, registers, set_values)
+        except InstrumentTimeout:  # lost: not executed, no reply
             self._fault = "silent"
-        except _Garble:
+        except GarbledReply:  # executed; the reply is malformed
             self._fault = "garble"
         return None
+
+    def _apply_request(self, start_address, address, count, registers, set_values) -> ExcCodes | None:
+        if set_values is None:
+            result = self.read(address, count)
+            if isinstance(result, int):
+                return ExcCodes(result)
+            registers[address - start_address:address - start_address + count] = result
+            return None
+        code = self.write(address, list(set_values))
+        return None if code is None else ExcCodes(code)
 
     def _on_reply(self, pdu):
         if isinstance(self._fault, int):

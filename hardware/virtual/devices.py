@@ -1,6 +1,9 @@
 """Simulated instruments. They satisfy the protocols in hardware/interfaces.py and keep their
 state on the lab's simulated clock: a pump knows what it has dispensed, a heater where its
-temperature is heading, a spectrometer what light falls on it."""
+temperature is heading, a spectrometer what light falls on it.
+
+Every command runs inside `lab.faults.command(name)`: a lost command is not executed, a garbled
+reply comes after the command took effect (see hardware/virtual/faults.py)."""
 
 from __future__ import annotations
 
@@ -20,9 +23,7 @@ if TYPE_CHECKING:
 class VirtualPump:
     """A syringe pump on the virtual rig: finite infusions, rate limits, volume bookkeeping."""
 
-    def __init__(self, config: PumpConfig, lab: VirtualLab, liquid_ul: float | None = None):
-        """`liquid_ul` is what the syringe really holds when less than the pump believes (a
-        fault: loaded short, or air in the barrel); the pump believes it is full."""
+    def __init__(self, config: PumpConfig, lab: VirtualLab):
         self.name = config.name
         self.config = config
         self.syringe_volume_ul = config.syringe_volume
@@ -30,7 +31,6 @@ class VirtualPump:
         self.max_rate_ul_min = config.max_rate
         self._lab = lab
         self._fill_ul = config.syringe_volume
-        self._liquid_ul = config.syringe_volume if liquid_ul is None else liquid_ul
         self._dispensed_before_fill = 0.0
         self._set_rate = 0.0
         self._stop_at: float | None = None
@@ -47,7 +47,16 @@ class VirtualPump:
 
     def liquid_left_ul(self, t: float | None = None) -> float:
         """Liquid really left (less than `remaining_ul` when the syringe was loaded short)."""
-        return max(self._liquid_ul - self.dispensed_ul(t), 0.0)
+        return max(self._liquid_loaded_ul() - self.dispensed_ul(t), 0.0)
+
+    def _liquid_loaded_ul(self) -> float:
+        """What the syringe really held at its last fill: the fill, or less while the fault plan
+        says this pump was loaded short (`empty_pump`, `empty_fill_ul`; read at every call, so a
+        fault switched on at run time takes effect)."""
+        plan = self._lab.faults.plan
+        if plan.empty_pump == self.name and plan.empty_fill_ul is not None:
+            return min(plan.empty_fill_ul, self._fill_ul)
+        return self._fill_ul
 
     def scheduled_stop(self) -> float | None:
         return self._stop_at
@@ -61,20 +70,27 @@ class VirtualPump:
             self.alarm = alarm
 
     def refill(self, volume_ul: float | None = None) -> None:
-        """An operator reloads the syringe (full by default)."""
+        """An operator reloads the syringe (full by default). The syringe then really holds what
+        the pump counts: this pump's loaded-short fault is cleared."""
         self._lab.sync()
         if self._set_rate > 0:
             raise SafetyLimitExceeded(self.name, "stop the pump before refilling its syringe")
         self._dispensed_before_fill += self.dispensed_ul()
         self._fill_ul = self.syringe_volume_ul if volume_ul is None else float(volume_ul)
-        self._liquid_ul = self._fill_ul
+        plan = self._lab.faults.plan
+        if plan.empty_pump == self.name:
+            plan.empty_pump = plan.empty_fill_ul = None
         if self.alarm == "syringe empty":
             self.alarm = None
 
     # -- the SyringePump protocol --------------------------------------------------------
     def infuse(self, rate_ul_min: float, volume_ul: float) -> None:
+        """Program a finite infusion and start it. Repeated, it programs the run again from now."""
         self._lab.sync()
-        self._lab.faults.command(self.name)
+        with self._lab.faults.command(self.name):
+            self._infuse(rate_ul_min, volume_ul)
+
+    def _infuse(self, rate_ul_min: float, volume_ul: float) -> None:
         if self.alarm:
             raise SafetyLimitExceeded(self.name, f"pump is in alarm ({self.alarm}); clear it before infusing")
         if not (self.min_rate_ul_min <= rate_ul_min <= self.max_rate_ul_min):
@@ -96,13 +112,16 @@ class VirtualPump:
 
     def stop(self) -> None:
         self._lab.sync()
-        self._lab.faults.command(self.name)
-        if self._set_rate > 0 or self._stop_at is not None:
-            self.halt(self._lab.clock.now())
+        with self._lab.faults.command(self.name):
+            if self._set_rate > 0 or self._stop_at is not None:
+                self.halt(self._lab.clock.now())
 
     def status(self) -> PumpStatus:
         self._lab.sync()
-        self._lab.faults.command(self.name)
+        with self._lab.faults.command(self.name):
+            return self._status()
+
+    def _status(self) -> PumpStatus:
         return PumpStatus(
             running=self._set_rate > 0 and self.alarm is None,
             rate_ul_min=self._set_rate,
@@ -152,12 +171,12 @@ class VirtualHeater:
 
     def set_setpoint(self, celsius: float) -> None:
         self._lab.sync()
-        self._lab.faults.command(self.name)
-        if not np.isfinite(celsius) or celsius > self.max_setpoint_c:
-            raise SafetyLimitExceeded(
-                self.name, f"set point {celsius} C is above the platform limit of {self.max_setpoint_c:g} C"
-            )
-        self._record(float(celsius))
+        with self._lab.faults.command(self.name):
+            if not np.isfinite(celsius) or celsius > self.max_setpoint_c:
+                raise SafetyLimitExceeded(
+                    self.name, f"set point {celsius} C is above the platform limit of {self.max_setpoint_c:g} C"
+                )
+            self._record(float(celsius))
 
     def _record(self, setpoint: float | None) -> None:
         now = self._lab.clock.now()
@@ -172,14 +191,14 @@ class VirtualHeater:
 
     def read_temperature(self) -> float:
         self._lab.sync()
-        self._lab.faults.command(self.name)
-        value = float(self._temperature(np.array([self._lab.clock.now()]))[0])
-        return value + 0.03 * self._lab.rng.standard_normal()
+        with self._lab.faults.command(self.name):
+            value = float(self._temperature(np.array([self._lab.clock.now()]))[0])
+            return value + 0.03 * self._lab.rng.standard_normal()
 
     def standby(self) -> None:
         self._lab.sync()
-        self._lab.faults.command(self.name)
-        self._record(None)
+        with self._lab.faults.command(self.name):
+            self._record(None)
 
 
 class VirtualValve:
@@ -193,16 +212,16 @@ class VirtualValve:
         """(opened at, closed at) on the lab clock, for tests and logs."""
 
     def open(self) -> None:
-        self._lab.faults.command(self.name)
-        if not self._open:
-            self.opened_s.append((self._lab.clock.now(), None))
-        self._open = True
+        with self._lab.faults.command(self.name):
+            if not self._open:
+                self.opened_s.append((self._lab.clock.now(), None))
+            self._open = True
 
     def close(self) -> None:
-        self._lab.faults.command(self.name)
-        if self._open:
-            self.opened_s[-1] = (self.opened_s[-1][0], self._lab.clock.now())
-        self._open = False
+        with self._lab.faults.command(self.name):
+            if self._open:
+                self.opened_s[-1] = (self.opened_s[-1][0], self._lab.clock.now())
+            self._open = False
 
     def is_open(self) -> bool:
         return self._open
@@ -216,12 +235,12 @@ class VirtualLightSource:
         self._on = False
 
     def on(self) -> None:
-        self._lab.faults.command(self.name)
-        self._on = True
+        with self._lab.faults.command(self.name):
+            self._on = True
 
     def off(self) -> None:
-        self._lab.faults.command(self.name)
-        self._on = False
+        with self._lab.faults.command(self.name):
+            self._on = False
 
     def is_on(self) -> bool:
         return self._on
@@ -266,7 +285,10 @@ class VirtualSpectrometer:
 
     def intensities(self, scans: int = 1) -> np.ndarray:
         self._check_connected()
-        self._lab.faults.command(self.name)
+        with self._lab.faults.command(self.name):
+            return self._read(scans)
+
+    def _read(self, scans: int) -> np.ndarray:
         if self._lab.faults.count_read(self.role):
             self.connected = False
             raise InstrumentDisconnected(self.name, f"USB device {self.serial_number} vanished (injected fault)")

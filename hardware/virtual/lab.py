@@ -56,11 +56,7 @@ class VirtualLab:
         self.chemistry = load_chemistry(platform.chemistry.model, platform.chemistry.options, source=platform.source)
         self._check_species()
         self.path = flow_path(platform, v.pump_response_time)
-        plan = self.faults.plan
-        self.pumps = {
-            p.name: VirtualPump(p, self, plan.empty_fill_ul if plan.empty_pump == p.name else None)
-            for p in platform.pumps
-        }
+        self.pumps = {p.name: VirtualPump(p, self) for p in platform.pumps}
         self.heaters = {zone: VirtualHeater(cfg, platform.rules.max_temperature, self)
                         for zone, cfg in platform.heaters.items()}
         reactor_zone = platform.reactor.zone
@@ -76,7 +72,6 @@ class VirtualLab:
         self._noise_state: dict[str, tuple[float, float]] = {}
         self._visits: list[tuple[float, float]] = []
         self._last_droplets_formed = np.zeros(0)
-        self._clog_handled = False
 
     def path_factor(self, role: str) -> float:
         """The flow cell's optical path relative to the default 0.04 inch bore."""
@@ -104,7 +99,9 @@ class VirtualLab:
         """Apply everything that happened up to now: automatic stops, empty syringes, faults.
 
         For each pump the earliest event wins: a programmed infusion that ended before a stall
-        or before the syringe ran dry simply ended.
+        or before the syringe ran dry simply ended. A clog (`clog_at_s`) blocks the line until the
+        plan's `clog_at_s` is cleared: a pump that pushes into it for CLOG_STALL_AFTER_S stops with
+        the over-pressure alarm, whenever it started.
         """
         now = self.clock.now()
         plan = self.faults.plan
@@ -116,21 +113,37 @@ class VirtualLab:
             stop_at = pump.scheduled_stop()
             horizon = now if stop_at is None else min(now, stop_at)
             stall_at = plan.stall_at_s if plan.stall_pump == pump.name and pump.alarm is None else None
+            clog_stall_at = self._clog_stall_at(pump) if pump.alarm is None else None
             events = []
             if stall_at is not None and stall_at <= horizon:
                 events.append((max(stall_at, last), "stalled: motor not advancing"))
+            if clog_stall_at is not None and clog_stall_at <= horizon:
+                events.append((max(clog_stall_at, last), "over pressure: line clogged"))
             if pump.liquid_left_ul(horizon) <= 0:
                 events.append((self._time_empty(pump, last, horizon), "syringe empty"))
             if events:
                 pump.halt(*min(events))
             elif stop_at is not None and stop_at <= now:
                 pump.halt(max(stop_at, last))
-        if plan.clog_at_s is not None and not self._clog_handled and now >= plan.clog_at_s + CLOG_STALL_AFTER_S:
-            self._clog_handled = True
-            for pump in self.pumps.values():
-                if self.path.tracks[pump.name].rates[-1] > 0:
-                    last = self.path.tracks[pump.name].starts[-1]
-                    pump.halt(max(plan.clog_at_s + CLOG_STALL_AFTER_S, last), alarm="over pressure: line clogged")
+
+    def _clog_stall_at(self, pump: VirtualPump) -> float | None:
+        """When a running pump stalls against the clog: CLOG_STALL_AFTER_S after it began to push
+        into the blocked line (None without a clog)."""
+        clog = self.faults.plan.clog_at_s
+        run = None if clog is None else self.path.tracks[pump.name].last_run()
+        return None if run is None else max(clog, run[0]) + CLOG_STALL_AFTER_S
+
+    def _clog_push_s(self, now: float) -> float:
+        """How long the pumps have pushed into the blocked line (the longest latest run since the clog)."""
+        clog = self.faults.plan.clog_at_s
+        if clog is None or now < clog:
+            return 0.0
+        pushed = 0.0
+        for track in self.path.tracks.values():
+            run = track.last_run()
+            if run is not None:
+                pushed = max(pushed, min(run[1], now) - max(run[0], clog))
+        return pushed
 
     def _time_empty(self, pump: VirtualPump, lo: float, hi: float) -> float:
         for _ in range(50):
@@ -166,9 +179,9 @@ class VirtualLab:
         now = self.clock.now()
         flow = sum(float(t.flow(now)) for t in self.path.tracks.values()) * 60.0
         pressure = 20.0 + NORMAL_PRESSURE_KPA_PER_UL_MIN * flow
-        clog = self.faults.plan.clog_at_s
-        if clog is not None and now >= clog:
-            pressure *= np.exp(3.0 * min(now - clog, CLOG_STALL_AFTER_S) / CLOG_STALL_AFTER_S)
+        pushed_s = min(self._clog_push_s(now), CLOG_STALL_AFTER_S)
+        if pushed_s > 0:  # the blocked line holds its pressure until the clog is cleared
+            pressure *= np.exp(3.0 * pushed_s / CLOG_STALL_AFTER_S)
         return float(pressure)
 
     def refill_all(self) -> None:

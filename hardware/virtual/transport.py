@@ -14,6 +14,7 @@ Steady state after ~1.2 tau is a consequence of these dispersions, not an input.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -83,6 +84,19 @@ class PumpTrack:
 
     def change_times(self) -> list[float]:
         return self.starts[1:]
+
+    def last_run(self) -> tuple[float, float] | None:
+        """(start, end) of the latest stretch of positive set rate, end inf while it lasts; None
+        when the pump never ran."""
+        i = len(self.rates) - 1
+        while i >= 0 and self.rates[i] <= 0:
+            i -= 1
+        if i < 0:
+            return None
+        end = self.starts[i + 1] if i + 1 < len(self.starts) else math.inf
+        while i > 0 and self.rates[i - 1] > 0:
+            i -= 1
+        return self.starts[i], end
 
 
 def mix_stocks(platform: PlatformConfig, rates: dict[str, float | np.ndarray]) -> tuple[dict, dict]:
