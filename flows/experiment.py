@@ -18,7 +18,7 @@ from prefect.runtime import flow_run as current_flow_run
 
 from flows import parameters as P
 from flows.reactor import reactor_lock
-from hardware.errors import SdflInputError
+from hardware.errors import LabNotReady, SdflInputError
 from hardware.platform import DEFAULT_PLATFORM, PlatformConfig, load_platform
 from hardware.rig import Rig, open_rig
 from tasks import acquisition, equilibration, features, formulation, storage
@@ -68,6 +68,36 @@ def prefect_steps(virtual: bool) -> Steps:
     )
 
 
+def check_request(
+    platform: PlatformConfig,
+    *,
+    condition: dict[str, float] | None = None,
+    flowrates_ul_min: dict[str, float] | None = None,
+    temperature_c: float | None = None,
+    campaign: str = "default",
+    experiment_id: str | None = None,
+    replicates: int | None = None,
+    finish: str = "stop",
+) -> formulation.Formulation:
+    """Check an experiment request without touching the rig or the disk; raise SdflInputError
+    naming what is wrong. Returns the formulation (syringe levels not yet checked)."""
+    storage.check_name("campaign", campaign)
+    if experiment_id is not None:
+        storage.check_name("experiment id", experiment_id)
+    if finish not in ("stop", "hold"):
+        raise SdflInputError(f"finish must be 'stop' or 'hold', got {finish!r}")
+    if replicates is not None and (isinstance(replicates, bool) or not isinstance(replicates, int) or replicates < 1):
+        raise SdflInputError(f"replicates must be a whole number of at least 1 (empty: the platform's "
+                             f"{platform.acquisition.replicates}), got {replicates!r}")
+    if (condition is None) == (flowrates_ul_min is None):
+        raise SdflInputError("give either a condition (parameter space) or flowrates_ul_min + temperature_c")
+    if condition is not None:
+        return formulation.formulate(condition, platform)
+    if temperature_c is None and any(p.kind == "temperature" for p in platform.parameters):
+        raise SdflInputError("flowrates_ul_min needs temperature_c too")
+    return formulation.formulate_from_flowrates(flowrates_ul_min, temperature_c, platform)
+
+
 def conduct_experiment(
     rig: Rig,
     *,
@@ -87,33 +117,44 @@ def conduct_experiment(
 ) -> dict[str, Any]:
     """Run one experiment on `rig` and record it. Returns the experiment row.
 
-    Bad input (an invalid or infeasible condition) raises before the rig is touched and
-    records nothing. A failure after that leaves the rig safe and records the experiment as
-    failed, with whatever spectra were taken, before the error is raised again.
+    Nothing is recorded, and nothing moves, when the request is wrong (SdflInputError) or the
+    data root cannot take the record (LabNotReady); a rig held by the previous experiment is made
+    safe first. Syringes that hold too little (RefillNeeded, checked before the pumps start)
+    leave the rig safe and record nothing: the condition never ran. From the first command to the rig on, any
+    failure leaves the rig safe and records the experiment as failed, with whatever spectra
+    were taken, before the error is raised again. An experiment id is never reused: a recorded
+    experiment is never replaced by another one.
     """
     log = log or logging.getLogger(__name__)
     platform: PlatformConfig = rig.platform
-    storage.check_name("campaign", campaign)
-    experiment_id = storage.check_name("experiment id", experiment_id or new_experiment_id())
+    request = dict(condition=condition, flowrates_ul_min=flowrates_ul_min, temperature_c=temperature_c)
+    try:
+        check_request(platform, **request, campaign=campaign, experiment_id=experiment_id, replicates=replicates,
+                      finish=finish)
+        experiment_id = experiment_id or new_experiment_id()
+        storage.check_data_root(data_root, campaign)
+        if (found := storage.existing_record(data_root, campaign, experiment_id)) is not None:
+            raise SdflInputError(f"experiment id {experiment_id!r} is already recorded in campaign {campaign!r} "
+                                 f"({found}); a recorded experiment is never replaced. Leave the id empty for a "
+                                 "new one, or choose another")
+    except (SdflInputError, LabNotReady):
+        if rig.held:  # the previous experiment left the flows on: nothing follows them now
+            rig.safe_state()
+        raise
     settings = features.FeatureSettings.from_config(platform.features)
     schema = storage.experiment_schema(platform, features.feature_columns(settings))
     started_at, t_start = now_utc(), rig.clock.now()
     context: dict[str, Any] = dict(experiment_id=experiment_id, platform=platform, started_at=started_at,
                                    t_platform_start_s=t_start, flow_run_id=flow_run_id, seed=seed)
 
-    if (condition is None) == (flowrates_ul_min is None):
-        raise SdflInputError("give either a condition (parameter space) or flowrates_ul_min + temperature_c")
-    remaining = steps.levels(rig)
-    if condition is not None:
-        plan = steps.formulate(condition, platform, remaining)
-    else:
-        if temperature_c is None and any(p.kind == "temperature" for p in platform.parameters):
-            raise SdflInputError("flowrates_ul_min needs temperature_c too")
-        plan = steps.formulate_from_flowrates(flowrates_ul_min, temperature_c, platform, remaining)
-    log.info("experiment %s: %s; tau %.1f s, t_E %.1f s", experiment_id, plan.condition, plan.tau_s, plan.t_E_s)
-
-    equilibrated = acquired = None
+    plan = equilibrated = acquired = None
     try:
+        remaining = steps.levels(rig)
+        if condition is not None:
+            plan = steps.formulate(condition, platform, remaining)
+        else:
+            plan = steps.formulate_from_flowrates(flowrates_ul_min, temperature_c, platform, remaining)
+        log.info("experiment %s: %s; tau %.1f s, t_E %.1f s", experiment_id, plan.condition, plan.tau_s, plan.t_E_s)
         reference = steps.reference(rig)
         equilibrated = steps.equilibrate(rig, plan, steady_check, lambda: acquisition.pl_reading(rig))
         acquired = steps.acquire(rig, reference, replicates)
@@ -128,26 +169,54 @@ def conduct_experiment(
             equilibration=equilibrated.to_dict(), acquisition_info=_acquisition_info(acquired),
             features=summarize_features(table), **context,
         )
-        steps.record(row, acquired.rows(), schema, campaign, data_root)
     except Exception as exc:
         problems = rig.safe_state()
+        if isinstance(exc, LabNotReady):
+            raise  # the syringes are short (checked before any pump starts): the condition never ran
         reason = f"{type(exc).__name__}: {exc}" + (f" | safe state: {'; '.join(problems)}" if problems else "")
         log.error("experiment %s failed, rig made safe: %s", experiment_id, reason)
-        row = experiment_row(
-            status="failed", failure_reason=reason, t_platform_end_s=rig.clock.now(), formulation=plan,
-            equilibration=equilibrated.to_dict() if equilibrated else None,
-            acquisition_info=_acquisition_info(acquired) if acquired else None, **context,
-        )
-        storage.write_experiment(row, acquired.rows() if acquired else [], schema, campaign, data_root)
+        failed = _failed_row(reason, plan, equilibrated, acquired, condition, rig, context)
+        storage.write_or_rescue(failed, _spectra_rows(acquired), schema, campaign, data_root)
         raise
     except BaseException:
         rig.safe_state()
         raise
+    try:
+        storage.write_or_rescue(row, acquired.rows(), schema, campaign, data_root, write=steps.record)
+    except BaseException:
+        rig.safe_state()  # the data root failed: nothing more can be recorded, so nothing more runs
+        raise
     if finish == "stop":
         rig.safe_state()
+    else:
+        rig.held = True
     log.info("experiment %s done: PL_I %.4g cps, Abs_300 %.4g", experiment_id,
              row.get("PL_I") or float("nan"), row.get("Abs_300") or float("nan"))
     return row
+
+
+def _failed_row(reason: str, plan, equilibrated, acquired, condition, rig: Rig, context: dict) -> dict:
+    """The record of a failed experiment, with as much as was learnt; a bare record if the details
+    themselves cannot be summarised (the failure must be recorded whatever it was)."""
+    try:
+        return experiment_row(
+            status="failed", failure_reason=reason, t_platform_end_s=rig.clock.now(), formulation=plan,
+            condition=condition, equilibration=equilibrated.to_dict() if equilibrated else None,
+            acquisition_info=_acquisition_info(acquired) if acquired else None, **context,
+        )
+    except Exception as exc:  # noqa: BLE001 - fall back to what surely builds
+        return experiment_row(status="failed", failure_reason=f"{reason} | (details not recorded: {exc})",
+                              t_platform_end_s=rig.clock.now(), condition=condition, **context)
+
+
+def _spectra_rows(acquired) -> list[dict]:
+    """The spectra taken so far, if any can be turned into rows."""
+    if acquired is None:
+        return []
+    try:
+        return acquired.rows()
+    except Exception:  # noqa: BLE001 - keep the raw spectra at least
+        return [s.row() for s in acquired.spectra]
 
 
 def _absorbance_for_features(acquired: acquisition.Acquisition):
@@ -164,7 +233,7 @@ def _acquisition_info(acquired: acquisition.Acquisition) -> dict:
         "replicates": len(acquired.pl),
         "integration_ms_pl": acquired.pl_dark.integration_ms,
         "integration_ms_abs": acquired.abs_dark.integration_ms,
-        "t_first_spectrum_s": acquired.pl[0].t_platform_s,
+        "t_first_spectrum_s": acquired.pl[0].t_platform_s if acquired.pl else None,
     }
 
 
@@ -204,8 +273,11 @@ def make_rig_safe_hook(flow, flow_run, state) -> None:
         condition=params.get("condition"), flow_run_id=str(flow_run.id), seed=params.get("seed"),
         failure_reason=f"flow run {status}: {state.message or ''}" + (f" | {'; '.join(problems)}" if problems else ""),
     )
-    storage.write_experiment(row, [], storage.experiment_schema(platform, features.feature_columns(settings)),
-                             campaign, params.get("data_root"))
+    try:
+        storage.write_or_rescue(row, [], storage.experiment_schema(platform, features.feature_columns(settings)),
+                                campaign, params.get("data_root"))
+    except Exception as exc:  # the hook must never raise
+        log.error("hook: the %s experiment %s could not be recorded: %s", status, experiment_id, exc)
 
 
 @flow(name="run-experiment", on_cancellation=[make_rig_safe_hook], on_crashed=[make_rig_safe_hook])
@@ -233,6 +305,10 @@ def run_experiment(
     logger = get_run_logger()
     config = load_platform(platform)
     run_id = current_flow_run.get_id()
+    # Bad input and an unusable data root are refused at once, not after waiting for the reactor.
+    check_request(config, condition=condition, flowrates_ul_min=flowrates_ul_min, temperature_c=temperature_c,
+                  campaign=campaign, experiment_id=experiment_id, replicates=replicates, finish=finish)
+    storage.check_data_root(data_root, campaign)
     experiment_id = experiment_id or new_experiment_id()
     try:
         with reactor_lock(config.platform.name, logger):

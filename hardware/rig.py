@@ -52,6 +52,8 @@ class Rig:
     """Driver-based rigs: the `hardware.instruments.Instruments` to close (and their emulators)."""
     retries: RetryCounter = field(default_factory=RetryCounter)
     """Commands retried after a transient error, by instrument."""
+    held: bool = False
+    """An experiment left the flows and heaters on for the next one; `safe_state` clears it."""
     _making_safe: bool = False
 
     def __post_init__(self) -> None:
@@ -107,6 +109,7 @@ class Rig:
                     problems.append(f"light source {role} did not confirm off")
         finally:
             self._making_safe = False
+            self.held = False
         for problem in problems:
             log.error("safe state: %s", problem)
         return problems

@@ -14,7 +14,9 @@ from hardware.errors import (
     InstrumentDisconnected,
     InvalidCondition,
     PumpStalled,
+    RefillNeeded,
     SaturatedSpectrum,
+    SdflInputError,
 )
 from hardware.platform import load_platform
 from hardware.rig import open_rig
@@ -123,12 +125,19 @@ def test_a_spectrometer_that_disconnects_fails_the_experiment_safely(platform, c
     assert list(read_experiments(data_root, "usb")["status"]) == ["failed"]
 
 
-def test_rerunning_an_experiment_id_replaces_its_record(condition, data_root):
-    for _ in range(2):
-        run_experiment(condition=condition, campaign="again", experiment_id="exp-fixed",
-                       data_root=str(data_root), seed=19)
+def test_a_recorded_experiment_id_is_never_reused(platform, condition, data_root):
+    """Running an id that is already recorded is refused before anything moves: the record stays."""
+    first = run_experiment(condition=condition, campaign="again", experiment_id="exp-fixed",
+                           data_root=str(data_root), seed=19)
+    rig = open_rig(platform, 19)
+    pumped = rig.lab.pumps["cui"].dispensed_ul()
+    with pytest.raises(SdflInputError, match="already recorded"):
+        run_experiment(condition={**condition, "temperature_c": 130.0}, campaign="again",
+                       experiment_id="exp-fixed", data_root=str(data_root), seed=19)
     table = read_experiments(data_root, "again")
     assert list(table["experiment_id"]) == ["exp-fixed"]
+    assert table.loc[0, "temperature_c"] == first["temperature_c"] == condition["temperature_c"]
+    assert rig.lab.pumps["cui"].dispensed_ul() == pumped  # nothing moved
     assert experiment_path(data_root.resolve(), "again", "exp-fixed").exists()
     assert len(read_spectra(data_root, "again", "exp-fixed")) == 16
 
@@ -159,7 +168,8 @@ def test_the_spectral_steady_state_check_confirms_steady_state(condition, data_r
 
 def test_syringes_drained_by_held_flows_fail_the_experiment_not_the_rig(data_root):
     """Levels are checked again just before the pumps start: a held flow that drains a syringe
-    while the heaters settle fails the experiment by rule (refill), and the rig is left safe."""
+    while the heaters settle stops the experiment before its pumps start (a refill is needed),
+    records nothing, and leaves the rig safe."""
     from flows.experiment import conduct_experiment
     from tasks.formulation import formulate
 
@@ -177,9 +187,9 @@ def test_syringes_drained_by_held_flows_fail_the_experiment_not_the_rig(data_roo
     pump.stop()
     pump.refill(need + 2000.0)
     pump.infuse(rate, need + 2000.0)
-    with pytest.raises(InfeasibleCondition) as caught:
+    with pytest.raises(RefillNeeded) as caught:
         conduct_experiment(rig, condition=second, campaign="held", data_root=str(data_root))
-    assert caught.value.rule == "syringe_volume" and "phosphine needs" in str(caught.value)
+    assert caught.value.pumps == ["phosphine"] and "phosphine needs" in str(caught.value)
     rows = read_experiments(str(data_root), "held")
-    assert list(rows["status"]) == ["completed", "failed"]
+    assert list(rows["status"]) == ["completed"]  # the second condition never ran
     assert all(not p.status().running for p in rig.pumps.values())
