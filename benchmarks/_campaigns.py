@@ -194,9 +194,9 @@ def _timed_steps(steps, timers: _Timers):
 
 
 class _Instrument:
-    """Times the sampler and the experiment inside `flows.campaign.run_campaign` (this process only).
+    """Times the sampler and the experiment inside `flows.campaign_loop.run_campaign` (this process only).
 
-    `ledger.make_sampler` and `flows.campaign.conduct_experiment` are wrapped for the duration
+    `samplers.make_sampler` and `flows.campaign_loop.conduct_experiment` are wrapped for the duration
     of a `with` block; nothing in the library is changed.
     """
 
@@ -204,10 +204,10 @@ class _Instrument:
         self.timers = timers
 
     def __enter__(self):
-        import flows.campaign as campaign_module
-        from tasks import ledger
+        import flows.campaign_loop as campaign_module
+        from tasks import samplers
 
-        self._saved = (ledger.make_sampler, campaign_module.conduct_experiment)
+        self._saved = (samplers.make_sampler, campaign_module.conduct_experiment)
         make_sampler, conduct = self._saved
         timers = self.timers
 
@@ -232,15 +232,15 @@ class _Instrument:
             finally:
                 timers.experiment += time.perf_counter() - t0
 
-        ledger.make_sampler = timed_make_sampler
+        samplers.make_sampler = timed_make_sampler
         campaign_module.conduct_experiment = timed_conduct
         return self
 
     def __exit__(self, *exc):
-        import flows.campaign as campaign_module
-        from tasks import ledger
+        import flows.campaign_loop as campaign_module
+        from tasks import samplers
 
-        ledger.make_sampler, campaign_module.conduct_experiment = self._saved
+        samplers.make_sampler, campaign_module.conduct_experiment = self._saved
         return False
 
 
@@ -462,13 +462,13 @@ def prefect_overhead(n: int, seed: int, root: str) -> dict:
     def runner(plan, on_progress):
         original = campaign_module.run_campaign
 
-        def wrapped(rig, plan, steps, flow_progress=None, log=None):
+        def wrapped(rig, plan, steps, flow_progress=None, log=None, **options):
             def both(done, budget, study):
                 if flow_progress is not None:
                     flow_progress(done, budget, study)  # the flow's progress artifact: Prefect's cost
                 on_progress(done, budget, study)
             flow_runs["rig"] = rig
-            return original(rig, plan, steps, both, log)
+            return original(rig, plan, steps, both, log, **options)
 
         campaign_module.run_campaign = wrapped
         try:

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from flows.operator import perform_refill
 from hardware.errors import SdflInputError, SyringeEmpty
 from tasks import acquisition, equilibration, features, inventory, lots, spc
 from tasks.records import now_utc, provenance, summarize_features
@@ -29,20 +30,6 @@ class LotStop(Exception):
     def __init__(self, status: str, reason: str):
         super().__init__(reason)
         self.status, self.reason = status, reason
-
-
-def perform_refill(rig, pumps: tuple[str, ...]) -> dict[str, float]:
-    """Refill syringes (pumps stopped). Virtual and emulated rigs refill the simulated syringe, as
-    the operator would; a driver is told its syringe is full again. Returns uL added per pump."""
-    before = rig.remaining_ul()
-    for name in pumps:
-        if rig.lab is not None:
-            rig.lab.pumps[name].refill()
-        driver = rig.pumps[name]
-        if hasattr(driver, "set_fill"):
-            driver.set_fill()
-    after = rig.remaining_ul()
-    return {name: after[name] - before[name] for name in pumps}
 
 
 def conversion_estimate(rig, recipe, plan: LotPlan) -> tuple[float | None, str]:

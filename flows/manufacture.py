@@ -19,6 +19,7 @@ from prefect.input import RunInput
 from pydantic import Field
 
 from flows import parameters as P
+from flows.operator import RefillConfirmation, pause_for
 from hardware.errors import SdflInputError
 from hardware.platform import DEFAULT_PLATFORM, PlatformConfig, load_platform
 from hardware.rig import Rig, open_rig
@@ -30,7 +31,6 @@ from tasks.spc import Signal, SpcSettings
 OnAlarm = Literal["pause", "continue", "stop"]
 Action = Literal["continue", "re-equilibrate", "stop"]
 DEFAULT_SPC_FEATURES = ("PL_I", "PL_peak_nm", "FWHM_nm")
-DECISION_POLL_S = 2
 MIN_SAMPLE_SPACING_S = 30.0
 """A QC sample (autorange, 3 replicates, darks) takes ~20 s of platform time."""
 
@@ -261,31 +261,12 @@ class AlarmDecision(RunInput):
     note: str = Field(default="", description="what you saw or did")
 
 
-class RefillConfirmation(RunInput):
-    """The operator's form when syringes need refilling (the pumps are stopped)."""
-
-    refilled: bool = Field(description="true: the listed syringes are full again; false: stop the lot")
-    note: str = ""
-
-
-def _pause_for(model, description: str, timeout_min: float, key: str, **initial):
-    """Pause the flow run until the form is submitted; None when nobody answers in time."""
-    from prefect.exceptions import FlowPauseTimeout
-    from prefect.flow_runs import pause_flow_run
-
-    try:
-        return pause_flow_run(wait_for_input=model.with_initial_data(description=description, **initial),
-                              timeout=int(timeout_min * 60), poll_interval=DECISION_POLL_S, key=key)
-    except FlowPauseTimeout:
-        return None
-
-
 def ask_operator(alarm: Alarm, plan: LotPlan) -> Decision:
     """Pause for an operator decision on an alarm (Prefect input form); a timeout means stop."""
     text = (f"## Lot `{alarm.lot}`: out of control\n\n{alarm.describe()}\n\n"
             "The pumps run to the end of their programmed segment, then stop by themselves. "
             f"Without an answer within {plan.decision_timeout_min:g} min the lot stops safely.")
-    answer = _pause_for(AlarmDecision, text, plan.decision_timeout_min, f"alarm-{alarm.sample}", action="continue")
+    answer = pause_for(AlarmDecision, text, plan.decision_timeout_min, f"alarm-{alarm.sample}", action="continue")
     return decision_from_input(answer, plan.decision_timeout_min)
 
 
@@ -293,7 +274,7 @@ def ask_refill(request: inventory.RefillRequest, plan: LotPlan) -> bool:
     """Pause until the operator confirms the refill; False (stop) when refused or not answered."""
     text = (f"## Lot `{plan.lot}`: refill syringes\n\n{request.describe()}.\n\nThe pumps are stopped. Refill, "
             "then confirm; the process re-equilibrates before QC resumes.")
-    answer = _pause_for(RefillConfirmation, text, plan.decision_timeout_min, f"refill-{uuid.uuid4().hex[:8]}",
+    answer = pause_for(RefillConfirmation, text, plan.decision_timeout_min, f"refill-{uuid.uuid4().hex[:8]}",
                         refilled=True)
     return bool(answer is not None and answer.refilled)
 
@@ -316,6 +297,7 @@ def run_lot(rig: Rig, plan: LotPlan, steps: LotSteps = PLAIN_LOT_STEPS,
     if lots.lot_exists(plan.data_root, plan.lot):
         raise SdflInputError(f"lot {plan.lot!r} already exists under {lots.lot_folder(plan.data_root, plan.lot)}; "
                              "choose a new lot name")
+    storage.check_writable(storage.data_root(plan.data_root), lots.lot_folder(plan.data_root, plan.lot))
     from flows.lot_run import LotRun
 
     run = LotRun(rig, plan, recipe, steps, decide, confirm_refill, on_sample, flow_run_id,

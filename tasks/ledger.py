@@ -1,11 +1,12 @@
 """The ledger: Optuna studies record every trial of a campaign (ask/tell, persistent storage).
 
 One study per campaign, in an SQLite file under the data root by default or any SQLAlchemy URL.
-The paper's policies run as a custom Optuna sampler (`PolicySampler`); Optuna's TPE and GP
-samplers are peers. A target campaign's study is multi-objective (peak error, quality, FWHM:
-see `tasks/targets.py`); its policies run as `TargetSampler`, with Optuna's multi-objective TPE
-as the peer. The Parquet dataset and the study together are the campaign's state: `reconcile`
-settles the trials a crash left running, so a campaign resumes where it stopped.
+The policies that propose conditions are Optuna samplers (tasks/samplers.py). A target
+campaign's study is multi-objective (peak error, quality, FWHM: see `tasks/targets.py`). The
+Parquet dataset and the study together are the campaign's state: `reconcile` settles the trials
+a crash left running, `rebuild_from_dataset` rebuilds a lost study from the recorded
+experiments, and `ensure_design` completes an initial design a crash cut short, so a campaign
+resumes where it stopped and never reuses an experiment id.
 """
 
 from __future__ import annotations
@@ -13,23 +14,19 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import optuna
 import pandas as pd
 from optuna.distributions import FloatDistribution
-from optuna.samplers import BaseSampler, RandomSampler
+from optuna.samplers import BaseSampler
 from optuna.trial import FrozenTrial, TrialState
 
-from hardware.errors import SdflInputError
+from hardware.errors import LedgerUnusable, SdflInputError
 from hardware.platform import PlatformConfig
-from tasks.proposal import POLICIES, PolicySettings, propose, propose_by_desirability, random_points
 from tasks.storage import data_root, experiment_path, read_experiments
-from tasks.surrogate import SurrogateKind, from_unit, to_unit
 
-SAMPLERS = (*POLICIES, "tpe", "gp")
-TARGET_SAMPLERS = ("desirability-ei", "random", "tpe")
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 
@@ -54,164 +51,168 @@ def experiment_id_for(campaign: str, trial_number: int) -> str:
     return f"{campaign}-t{trial_number:04d}"
 
 
-def trial_seed(campaign_seed: int, trial_number: int) -> int:
-    """An independent random stream per (campaign seed, trial). `seed + trial` would give seeds
-    1 and 2 the same draws one trial apart, so benchmark seeds would not be independent."""
-    return int(np.random.SeedSequence([campaign_seed, trial_number]).generate_state(1)[0]) % 2**31
+def check_storage(url: str) -> None:
+    """Open the Optuna storage once; raise SdflInputError (a bad URL) or LedgerUnusable (a damaged
+    or unreachable database) with the fix. Nothing else has started yet."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        make_url(url)
+    except (ArgumentError, ValueError) as exc:
+        raise SdflInputError(f"storage {url!r} is not a database URL ({exc}); give e.g. "
+                             "sqlite:////absolute/path/optuna.db or postgresql+psycopg://user:password@host/db, "
+                             "or leave it empty for an SQLite file under the data root") from None
+    all_summaries(url)
 
 
-class PolicySampler(BaseSampler):
-    """The paper's policies (MV, EI, UCB, EPLT, random) as an Optuna sampler.
+def all_summaries(url: str) -> list:
+    """The studies in the storage; its failures as LedgerUnusable (or SdflInputError for a URL
+    whose database driver is not installed)."""
+    from sqlalchemy.exc import NoSuchModuleError, SQLAlchemyError
 
-    Trains the surrogate on the study's completed trials (plus prior data, if any), treats
-    running trials as pending (kriging believer) and proposes one point per trial. Enqueued
-    trials (the initial design) are left alone.
-    """
-
-    def __init__(self, platform: PlatformConfig, policy: str, surrogate: SurrogateKind = "gp", seed: int = 0,
-                 prior: tuple[np.ndarray, np.ndarray] | None = None, settings: PolicySettings = PolicySettings(),
-                 feasible=None):
-        if policy not in POLICIES:
-            raise SdflInputError(f"unknown policy {policy!r}; choose one of {SAMPLERS}")
-        self.platform, self.policy, self.surrogate, self.seed = platform, policy, surrogate, seed
-        self.prior, self.settings = prior, settings
-        self.feasible = feasible or (lambda u: True)
-        self._fallback = RandomSampler(seed=seed)
-        self._model = None
-        self.last_model = None
-
-    def infer_relative_search_space(self, study, trial):
-        return distributions(self.platform)
-
-    def sample_relative(self, study, trial, search_space):
-        if not search_space or "fixed_params" in trial.system_attrs:
-            return {}
-        X, y = observations(study, self.platform)
-        has_prior = self.prior is not None and len(self.prior[1]) >= 2
-        policy = self.policy
-        if policy != "random" and len(y) < 2 and not has_prior:
-            policy = "random"  # not enough to train on yet: a random point that keeps the rules
-        running = [t for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
-                   if t.number != trial.number and t.params]
-        pending = to_unit(self.platform, [[t.params[n] for n in self.platform.parameter_names] for t in running]) \
-            if running else None
-        points, model = propose(policy, to_unit(self.platform, X) if len(y) else np.empty((0, len(search_space))),
-                                y, surrogate=self.surrogate, seed=trial_seed(self.seed, trial.number), pending=pending,
-                                prior=self.prior, feasible=self.feasible, settings=self.settings, model=self._model)
-        if model is not None:
-            self._model = self.last_model = model
-        values = from_unit(self.platform, points[0])
-        return {name: float(v) for name, v in zip(self.platform.parameter_names, values)}
-
-    def sample_independent(self, study, trial, param_name, param_distribution):
-        return self._fallback.sample_independent(study, trial, param_name, param_distribution)
+    try:
+        return optuna.get_all_study_summaries(url)
+    except (NoSuchModuleError, ModuleNotFoundError, ImportError) as exc:
+        raise SdflInputError(f"storage {url!r}: its database driver is not installed ({exc}); install it "
+                             "(e.g. pip install psycopg) or use an sqlite:/// URL") from None
+    except (SQLAlchemyError, OSError) as exc:
+        raise LedgerUnusable(_ledger_fix(url, exc)) from None
 
 
-class TargetSampler(BaseSampler):
-    """Our policies for a target campaign (multi-objective study) as an Optuna sampler.
-
-    "desirability-ei": one surrogate each for the peak (nm), the quality and the FWHM, trained
-    on the completed trials; the next condition maximises the expected improvement of the
-    target's desirability (`tasks.proposal.propose_by_desirability`). "random": a uniform random
-    point that keeps the rules. Running trials are pending; enqueued trials are left alone.
-    """
-
-    def __init__(self, platform: PlatformConfig, objective, policy: str = "desirability-ei",
-                 surrogate: SurrogateKind = "gp", seed: int = 0, feasible=None):
-        if policy not in TARGET_SAMPLERS or policy == "tpe":
-            raise SdflInputError(f"unknown target policy {policy!r}; choose one of {TARGET_SAMPLERS}")
-        self.platform, self.objective, self.policy = platform, objective, policy
-        self.surrogate, self.seed = surrogate, seed
-        self.feasible = feasible or (lambda u: True)
-        self._fallback = RandomSampler(seed=seed)
-        self.last_models = None
-
-    def infer_relative_search_space(self, study, trial):
-        return distributions(self.platform)
-
-    def sample_relative(self, study, trial, search_space):
-        from tasks.targets import MeasuredDesirability, desirability_for, errors_from_peaks
-
-        if not search_space or "fixed_params" in trial.system_attrs:
-            return {}
-        X, Y = target_observations(study, self.platform)
-        # one independent stream per (campaign seed, trial): seed + trial would give seeds 1 and 2
-        # the same points one trial apart
-        rng_seed = trial_seed(self.seed, trial.number)
-        d = len(self.platform.parameters)
-        if self.policy == "random" or len(Y) < 2:
-            point = random_points(d, 1, np.random.default_rng(rng_seed), self.feasible)[0]
-        else:
-            running = [t for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
-                       if t.number != trial.number and t.params]
-            pending = to_unit(self.platform, [[t.params[n] for n in self.platform.parameter_names]
-                                              for t in running]) if running else None
-            target = self.objective.target
-            desirability = MeasuredDesirability(desirability_for(target, errors_from_peaks(Y, target)), target)
-            points, self.last_models = propose_by_desirability(
-                to_unit(self.platform, X), Y, desirability, surrogate=self.surrogate, seed=rng_seed,
-                pending=pending, feasible=self.feasible)
-            point = points[0]
-        values = from_unit(self.platform, point)
-        return {name: float(v) for name, v in zip(self.platform.parameter_names, values)}
-
-    def sample_independent(self, study, trial, param_name, param_distribution):
-        return self._fallback.sample_independent(study, trial, param_name, param_distribution)
-
-
-def make_target_sampler(name: str, platform: PlatformConfig, objective, surrogate: SurrogateKind, seed: int,
-                        feasible=None) -> BaseSampler:
-    """The sampler of a target campaign: ours, random, or Optuna's multi-objective TPE (which reads
-    the hard limits from the trials' constraints)."""
-    if name == "tpe":
-        return optuna.samplers.TPESampler(seed=seed, n_startup_trials=0, multivariate=True)
-    if name in TARGET_SAMPLERS:
-        return TargetSampler(platform, objective, name, surrogate, seed, feasible)
-    raise SdflInputError(f"unknown target policy {name!r}; choose one of {list(TARGET_SAMPLERS)}")
-
-
-def make_sampler(name: str, platform: PlatformConfig, surrogate: SurrogateKind, seed: int,
-                 prior=None, settings: PolicySettings = PolicySettings(), feasible=None) -> BaseSampler:
-    if name in POLICIES:
-        return PolicySampler(platform, name, surrogate, seed, prior, settings, feasible)
-    if name == "tpe":
-        return optuna.samplers.TPESampler(seed=seed, n_startup_trials=0, multivariate=True)
-    if name == "gp":
-        try:
-            import torch  # noqa: F401
-        except ImportError:
-            raise SdflInputError("policy 'gp' is Optuna's GPSampler, which needs torch: "
-                                 "pip install 'sdfl[gp]' (or torch==2.13.0 from the local disk)") from None
-        return optuna.samplers.GPSampler(seed=seed, n_startup_trials=0)
-    raise SdflInputError(f"unknown policy {name!r}; choose one of {SAMPLERS}")
+def _ledger_fix(url: str, exc: BaseException) -> str:
+    detail = str(getattr(exc, "orig", None) or exc).splitlines()[0]
+    if url.startswith("sqlite:///"):
+        path = url.removeprefix("sqlite:///")
+        return (f"the campaign ledger {path} cannot be read ({detail}). The recorded experiments are safe in the "
+                f"data root. Fix: move the file aside (mv {path} {path}.damaged) and start the campaign again: "
+                "its ledger is rebuilt from the recorded experiments; or pass --storage with a working database")
+    return (f"the campaign ledger at {url} cannot be opened ({detail}). Fix: check that the database server is "
+            "running and reachable, and the URL, user and password")
 
 
 def open_study(campaign: str, platform: PlatformConfig, objective: str, storage: str,
-               sampler: BaseSampler, directions: Sequence[str] | None = None) -> tuple[optuna.Study, bool]:
+               sampler: BaseSampler | None, directions: Sequence[str] | None = None,
+               initial_design: int = 0) -> tuple[optuna.Study, bool]:
     """Create the campaign's study or load it (checking it is the same space and objective).
 
     `directions`: one per objective for a multi-objective study (a target campaign); default a
-    single objective to maximise. Returns (study, created).
+    single objective to maximise. `initial_design`: how many design points a new study plans
+    (see `ensure_design`). Returns (study, created). A study whose set-up a crash cut short
+    (created, but its attributes never written) is set up again rather than refused.
     """
     directions = list(directions or ["maximize"])
-    existing = {s.study_name for s in optuna.get_all_study_summaries(storage)}
-    if campaign not in existing:
+    existing = {s.study_name for s in all_summaries(storage)}
+    if campaign in existing:
+        study = optuna.load_study(study_name=campaign, storage=storage, sampler=sampler)
+        if "space" in study.user_attrs or study.get_trials(deepcopy=False):
+            _check_same(study, campaign, platform, objective, directions)
+            return study, False
+    else:
         study = optuna.create_study(study_name=campaign, storage=storage, sampler=sampler,
                                     directions=directions, load_if_exists=True)
-        study.set_user_attr("platform", platform.platform.name)
-        study.set_user_attr("space", space_signature(platform))
-        study.set_user_attr("objective", objective)
-        return study, True
-    study = optuna.load_study(study_name=campaign, storage=storage, sampler=sampler)
+    study.set_user_attr("platform", platform.platform.name)
+    study.set_user_attr("objective", objective)
+    study.set_user_attr("initial_design", int(initial_design))
+    study.set_user_attr("space", space_signature(platform))  # last: the mark of a finished set-up
+    return study, True
+
+
+def _check_same(study: optuna.Study, campaign: str, platform: PlatformConfig, objective: str,
+                directions: list[str]) -> None:
     attrs = study.user_attrs
-    same_directions = [d.name.lower() for d in study.directions] == directions
-    if attrs.get("space") != space_signature(platform) or attrs.get("objective") != objective or not same_directions:
-        raise SdflInputError(
-            f"campaign {campaign!r} already exists with platform {attrs.get('platform')!r}, objective "
-            f"{attrs.get('objective')!r} and another parameter space; resume it with the same settings or "
-            "choose a new campaign name"
-        )
-    return study, False
+    differs = []
+    if attrs.get("space") != space_signature(platform):
+        differs.append(f"parameter space (it was run on platform {attrs.get('platform')!r})")
+    if attrs.get("objective") != objective:
+        differs.append(f"objective (it has {attrs.get('objective')!r}, this run asks for {objective!r})")
+    if [d.name.lower() for d in study.directions] != directions:
+        differs.append("kind of campaign (single objective or target)")
+    if differs:
+        raise SdflInputError(f"campaign {campaign!r} already exists with another {' and another '.join(differs)}; "
+                             "resume it with the same settings or choose a new campaign name")
+
+
+def ensure_design(study: optuna.Study, conditions: Sequence[dict]) -> int:
+    """Enqueue the initial-design points the study does not have yet; returns how many.
+
+    Each design point carries its index, so a crash between creating the study and enqueuing
+    the whole design cannot silently shrink it. Studies from before design indices were kept
+    (no "initial_design" attribute) are left as they are.
+    """
+    planned = study.user_attrs.get("initial_design")
+    if planned is None:
+        return 0
+    present = {t.user_attrs.get("design_index") for t in study.get_trials(deepcopy=False)}
+    added = 0
+    for index, condition in enumerate(list(conditions)[:planned]):
+        if index not in present:
+            study.enqueue_trial(dict(condition), user_attrs={"design_index": index})
+            added += 1
+    return added
+
+
+def trial_number_of(campaign: str, experiment_id: str) -> int | None:
+    """The trial number in a campaign's experiment id (`<campaign>-t0012` -> 12), else None."""
+    prefix = f"{campaign}-t"
+    tail = str(experiment_id).removeprefix(prefix)
+    return int(tail) if str(experiment_id).startswith(prefix) and tail.isdigit() else None
+
+
+def rebuild_from_dataset(study: optuna.Study, campaign: str, root, platform: PlatformConfig,
+                         objective_fn) -> list[int]:
+    """Fill a new, empty study with the campaign's recorded experiments; returns their trial numbers.
+
+    Used when the dataset holds a campaign whose study is missing (a lost or replaced ledger).
+    Each recorded trial comes back under its own number: completed experiments with their
+    objective, failed ones as FAIL, and numbers with no record (a proposal that never ran) as FAIL
+    placeholders, so new trials get new numbers and never reuse an experiment id. Trials within
+    the study's initial design keep their design index.
+    """
+    rows = read_experiments(root, campaign)
+    recorded = {}
+    for row in rows.to_dict(orient="records") if not rows.empty else []:
+        number = trial_number_of(campaign, row["experiment_id"])
+        if number is not None:
+            recorded[number] = row
+    if not recorded:
+        return []
+    space = distributions(platform)
+    planned = study.user_attrs.get("initial_design") or 0
+    single = len(study.directions) == 1
+    for number in range(max(recorded) + 1):
+        row = recorded.get(number)
+        attrs = {"experiment_id": experiment_id_for(campaign, number), "rebuilt": True}
+        if number < planned:
+            attrs["design_index"] = number
+        if row is not None and str(row.get("failure_reason") or "").startswith("RefillNeeded"):
+            attrs["not_run"] = True  # stopped before the pumps ran its condition: no budget spent
+        params = _params_of(row, space) if row is not None else None
+        values = objective_fn(row) if row is not None and row.get("status") == "completed" else None
+        if params is not None and values is not None and is_number(values):
+            extra, constraints = getattr(objective_fn, "annotations", lambda r: ({}, {}))(row)
+            trial = optuna.trial.create_trial(
+                params=params, distributions=space, user_attrs=attrs | extra, constraints=constraints or None,
+                **({"value": float(values)} if single else {"values": [float(v) for v in values]}))
+        else:
+            why = (row.get("failure_reason") or f"recorded as {row.get('status')}") if row is not None else \
+                "no experiment was recorded for this trial (a proposal that never ran)"
+            trial = optuna.trial.create_trial(state=TrialState.FAIL, params=params or {},
+                                              distributions=space if params else {},
+                                              user_attrs=attrs | {"failure_reason": str(why)[:2000]})
+        study.add_trial(trial)
+    return sorted(recorded)
+
+
+def _params_of(row: dict, space: dict) -> dict[str, float] | None:
+    """The row's condition if it lies in the space, else None."""
+    try:
+        params = {name: float(row[name]) for name in space}
+    except (KeyError, TypeError, ValueError):
+        return None
+    inside = all(math.isfinite(v) and d.low - 1e-9 <= v <= d.high + 1e-9 for v, d in
+                 ((params[n], d) for n, d in space.items()))
+    return {n: min(max(v, space[n].low), space[n].high) for n, v in params.items()} if inside else None
 
 
 def observations(study: optuna.Study, platform: PlatformConfig) -> tuple[np.ndarray, np.ndarray]:
@@ -252,7 +253,23 @@ def is_number(values) -> bool:
 
 
 def finished(study: optuna.Study) -> list[FrozenTrial]:
-    return study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.FAIL))
+    """Trials whose experiment ran (or was refused): what counts toward a campaign's budget.
+
+    Trials marked `not_run` (the lab was not ready: syringes short, data root unusable) are left
+    out; their conditions were queued again."""
+    return [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.FAIL))
+            if not t.user_attrs.get("not_run")]
+
+
+def set_aside(study: optuna.Study, trial, reason: str) -> None:
+    """A trial whose experiment never started because the lab was not ready: told FAIL, marked
+    `not_run` (it spends no budget) and its condition queued again for when the lab is ready."""
+    trial.set_user_attr("failure_reason", reason[:2000])
+    trial.set_user_attr("not_run", True)
+    params = dict(trial.params)
+    study.tell(trial, state=TrialState.FAIL)
+    if params:
+        study.enqueue_trial(params, user_attrs={"rerun_of": trial.number})
 
 
 @dataclass
@@ -260,6 +277,8 @@ class Reconciled:
     completed: list[int]
     failed: list[int]
     rerun: list[int]
+    missing: list[int] = field(default_factory=list)
+    """Finished trials whose experiment record is not in the dataset (deleted or set aside)."""
 
 
 def reconcile(study: optuna.Study, campaign: str, root, objective_fn, in_flight: str = "fail",
@@ -271,6 +290,9 @@ def reconcile(study: optuna.Study, campaign: str, root, objective_fn, in_flight:
     - a failed row: told FAIL;
     - no row: the experiment was in flight; `record_failure(trial)` writes it as crashed, the
       trial is told FAIL, and with in_flight="rerun" its condition is queued again.
+
+    Completed trials whose record is gone from the dataset are listed in `missing` (the caller
+    reports them: restore the files from a backup; the study still holds their values).
     """
     if in_flight not in ("fail", "rerun"):
         raise SdflInputError(f"in_flight must be 'fail' or 'rerun', got {in_flight!r}")
@@ -298,6 +320,8 @@ def reconcile(study: optuna.Study, campaign: str, root, objective_fn, in_flight:
         if in_flight == "rerun" and trial.params and (row is None or row["status"] != "completed"):
             study.enqueue_trial(dict(trial.params), user_attrs={"rerun_of": trial.number})
             out.rerun.append(trial.number)
+    out.missing = [t.number for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+                   if t.user_attrs.get("experiment_id", experiment_id_for(campaign, t.number)) not in by_id]
     return out
 
 

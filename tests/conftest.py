@@ -67,3 +67,62 @@ def assert_rig_safe(rig):
     assert lab.heater.setpoint() is None, "the heater is not in standby"
     assert not any(s.is_on() for s in lab.light_sources.values()), "a light source is on"
 
+
+REPO_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture
+def sdfl(prefect_harness, tmp_path):
+    """Run the real `sdfl` command in a subprocess, as a user types it; returns the finished process.
+
+    It reports to this session's Prefect test server (no temporary server to start per call) and
+    has a PREFECT_HOME of its own. `sdfl("data", "--campaign", "c", env={...}, timeout=...)`.
+    """
+    import subprocess
+    import sys
+
+    from prefect.settings import get_current_settings
+
+    api = get_current_settings().api.url
+
+    def run(*args: str, env: dict | None = None, timeout: float = 300, server: bool = True
+            ) -> subprocess.CompletedProcess:
+        """`server=False`: no Prefect server, as a user without one (Prefect starts its temporary API)."""
+        environment = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect-home"),
+                       "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PYTHONPATH": os.path.join(REPO_DIR, "tests"),
+                       **(env or {})}
+        environment.pop("PREFECT_API_URL", None)
+        if server:
+            environment["PREFECT_API_URL"] = api
+        return subprocess.run([sys.executable, "-m", "flows.cli", *args], cwd=REPO_DIR, env=environment,
+                              capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
+
+    return run
+
+
+def no_traceback(process) -> str:
+    """The process's combined output, after checking that it shows no Python traceback."""
+    out = process.stdout + process.stderr
+    assert "Traceback (most recent call last)" not in out, out[-4000:]
+    return out
+
+
+@pytest.fixture(scope="session")
+def twin_optimum_cache(tmp_path_factory):
+    """The default twin's true optimum of PL_I, computed once per session (it takes a minute or
+    two); `seed_twin_cache(root)` copies it into a data root so a campaign report there reuses it."""
+    from tasks.twin import cached_true_optimum
+
+    root = tmp_path_factory.mktemp("twin-cache")
+    cached_true_optimum(load_platform(), "PL_I", root)
+    return root / "twin"
+
+
+@pytest.fixture
+def seed_twin_cache(twin_optimum_cache):
+    import shutil
+
+    def seed(root) -> None:
+        shutil.copytree(twin_optimum_cache, os.path.join(str(root), "twin"), dirs_exist_ok=True)
+
+    return seed

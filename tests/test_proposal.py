@@ -10,8 +10,9 @@ import pytest
 
 from hardware.errors import SdflInputError
 from hardware.platform import load_platform
-from tasks.ledger import SAMPLERS, PolicySampler, distributions, make_sampler
+from tasks.ledger import distributions
 from tasks.proposal import POLICIES, PolicySettings, acquisition, latin_hypercube, propose
+from tasks.samplers import SAMPLERS, PolicySampler, make_sampler
 from tasks.surrogate import to_unit
 
 PLATFORM = load_platform()
@@ -394,7 +395,7 @@ def test_optuna_gp_sampler_without_torch_says_what_to_install():
 
 def test_campaign_seeds_give_independent_streams_per_trial():
     """seed + trial would make seed 2's trial n repeat seed 1's trial n + 1."""
-    from tasks.ledger import trial_seed
+    from tasks.samplers import trial_seed
 
     streams = {(seed, n): trial_seed(seed, n) for seed in range(1, 11) for n in range(30)}
     assert len(set(streams.values())) == len(streams)

@@ -1,0 +1,448 @@
+"""The closed loop of a campaign, as plain Python: ask the Optuna study for a condition, run it
+on a reactor, tell the study the result, until the budget (or the campaign's own goal) is
+reached. The Prefect flows (`flows/campaign.py`) wrap it.
+
+The Parquet dataset and the study are the campaign's state: starting a campaign again with the
+same name resumes it. On every start the loop settles what a crash left behind: trials left
+running (`tasks.ledger.reconcile`), a lost study (rebuilt from the dataset), an initial design
+cut short, damaged or foreign files in the campaign's folders (set aside). A lab that is not
+ready (syringes short, data root unusable) spends no budget: the trial's condition is queued
+again and the campaign waits for a refill or stops with a message saying how to resume.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import logging
+import math
+import os
+import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+from optuna.trial import TrialState
+
+from flows.experiment import Steps, conduct_experiment
+from hardware.errors import (
+    DataRootUnusable,
+    FatalInstrumentError,
+    InstrumentError,
+    LabNotReady,
+    RefillNeeded,
+    SdflInputError,
+)
+from hardware.rig import Rig
+from tasks import features, formulation, ledger, samplers, storage, targets
+from tasks.objective import Objective, parse_objective
+from tasks.proposal import PolicySettings, design_conditions
+from tasks.records import experiment_row, now_utc
+from tasks.surrogate import SurrogateKind, from_unit, load_model, to_unit
+
+ConfirmRefill = Callable[[Rig, RefillNeeded], bool]
+"""Asked when a reactor's syringes run short: True once they were refilled (the loop goes on)."""
+InFlight = Literal["fail", "rerun"]
+
+
+@dataclass
+class CampaignPlan:
+    """What a campaign should do. Checked by `validate` before anything starts."""
+
+    campaign: str
+    objective: str = "PL_I"
+    policy: str = "ei"
+    budget: int = 30
+    initial: int = 9
+    surrogate: SurrogateKind = "gp"
+    seed: int = 0
+    prior_campaign: str | None = None
+    prior_model: str | None = None
+    in_flight: InFlight = "fail"
+    target_r2: float | None = None
+    check_every: int = 5
+    kappa: float = 2.0
+    xi: float = 0.01
+    storage: str | None = None
+    data_root: str | None = None
+    target: targets.Target | None = None
+    """A target campaign: the study is multi-objective (peak error, quality, FWHM) and `objective`
+    is not used; policies from `samplers.TARGET_SAMPLERS`."""
+    patience: int | None = None
+    """Target campaigns: stop once an experiment is on target and this many experiments after the
+    best on-target one did not beat it (None: run the whole budget)."""
+
+
+@dataclass
+class CampaignState:
+    plan: CampaignPlan
+    objective: Objective | targets.TargetObjective
+    prior: tuple[np.ndarray, np.ndarray] | None
+    values: list = field(default_factory=list)
+    """Objective per finished trial in trial order (NaN for failures; a target campaign: the
+    objective vector, all NaN for failures)."""
+    stopped_because: str = ""
+    holdout_r2: float | None = None
+    reconciled: Any = None
+    platform: Any = None
+    rebuilt: list[int] = field(default_factory=list)
+    """Trials rebuilt from the dataset because the study was missing."""
+    set_aside: list = field(default_factory=list)
+    """(file, where it went, why) for damaged or foreign files moved out of the campaign's folders."""
+
+
+def validate(plan: CampaignPlan, platform) -> tuple[Objective | targets.TargetObjective,
+                                                   tuple[np.ndarray, np.ndarray] | None]:
+    """Check every setting; raise SdflInputError naming the bad one. Nothing has started yet."""
+    storage.check_name("campaign", plan.campaign)
+    choices = samplers.TARGET_SAMPLERS if plan.target is not None else samplers.SAMPLERS
+    if plan.policy not in choices:
+        kind = "target policy" if plan.target is not None else "policy"
+        raise SdflInputError(f"unknown {kind} {plan.policy!r}; choose one of {list(choices)}")
+    if not isinstance(plan.budget, int) or plan.budget <= 0:
+        raise SdflInputError(f"budget must be a positive number of experiments, got {plan.budget!r}")
+    if not 0 <= plan.initial <= plan.budget:
+        raise SdflInputError(f"initial design size must be between 0 and the budget ({plan.budget}), got {plan.initial}")
+    if plan.surrogate not in ("gp", "ensemble"):
+        raise SdflInputError(f"surrogate must be 'gp' or 'ensemble', got {plan.surrogate!r}")
+    if plan.target_r2 is not None and not 0 < plan.target_r2 < 1:
+        raise SdflInputError(f"target_r2 must be between 0 and 1, got {plan.target_r2}")
+    if plan.in_flight not in ("fail", "rerun"):
+        raise SdflInputError(f"in_flight must be 'fail' or 'rerun', got {plan.in_flight!r}")
+    if isinstance(plan.seed, bool) or not isinstance(plan.seed, int) or plan.seed < 0:
+        raise SdflInputError(f"seed must be a whole number of 0 or more, got {plan.seed!r}")
+    if not _finite(plan.kappa) or plan.kappa <= 0:
+        raise SdflInputError(f"kappa (UCB exploration weight) must be a number above 0, got {plan.kappa!r}")
+    if not _finite(plan.xi) or plan.xi < 0:
+        raise SdflInputError(f"xi (EI improvement margin) must be a number of 0 or more, got {plan.xi!r}")
+    if isinstance(plan.check_every, bool) or not isinstance(plan.check_every, int) or plan.check_every < 1:
+        raise SdflInputError(f"check_every must be a whole number of at least 1, got {plan.check_every!r}")
+    if plan.target is not None:
+        if plan.patience is not None and (not isinstance(plan.patience, int) or plan.patience < 0):
+            raise SdflInputError(f"patience must be a whole number of experiments (0 or more), got {plan.patience!r}")
+        if plan.prior_campaign or plan.prior_model or plan.target_r2 is not None:
+            raise SdflInputError("a target campaign takes no prior_campaign, prior_model or target_r2")
+        objective = targets.check_target(plan.target, platform)
+        ledger.check_storage(ledger.storage_url(plan.data_root, plan.storage))
+        return objective, None
+    columns = features.feature_columns(features.FeatureSettings.from_config(platform.features))
+    objective = parse_objective(plan.objective, columns)
+    prior = None
+    if plan.prior_campaign:
+        prior = ledger.prior_from_campaign(plan.data_root, plan.prior_campaign, platform, objective)
+    if plan.prior_model:
+        saved = _saved_model(plan.prior_model)
+        if saved.get("parameters") != platform.parameter_names or saved.get("space") != ledger.space_signature(platform):
+            raise SdflInputError(f"prior model {plan.prior_model} was trained on another parameter space "
+                                 f"({saved.get('parameters')}); this platform's space is {platform.describe_space()}")
+        if saved.get("objective") != objective.expression:
+            raise SdflInputError(f"prior model {plan.prior_model} predicts {saved.get('objective')!r}, "
+                                 f"not {objective.expression!r}")
+        X, y = np.asarray(saved["X"]), np.asarray(saved["y"])
+        prior = (X, y) if prior is None else (np.vstack([prior[0], X]), np.concatenate([prior[1], y]))
+    ledger.check_storage(ledger.storage_url(plan.data_root, plan.storage))
+    return objective, prior
+
+
+def _finite(value) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _saved_model(path: str) -> dict:
+    """A digital twin saved by an explore campaign, or SdflInputError saying what is wrong."""
+    if not os.path.isfile(path):
+        raise SdflInputError(f"prior model {path!r}: no such file; give the model.pkl an explore campaign saved "
+                             "(its path is printed at the end of the campaign, under 'files')")
+    try:
+        saved = load_model(path)
+    except Exception as exc:  # noqa: BLE001 - any unreadable pickle is the same mistake to the user
+        raise SdflInputError(f"prior model {path!r} cannot be read ({type(exc).__name__}: {exc}); give the "
+                             "model.pkl an explore campaign saved") from None
+    if not isinstance(saved, dict) or not {"X", "y", "parameters"} <= set(saved):
+        raise SdflInputError(f"prior model {path!r} is not a digital twin saved by an explore campaign")
+    return saved
+
+
+def _feasible(platform):
+    def check(unit_point: np.ndarray) -> bool:
+        condition = dict(zip(platform.parameter_names, map(float, from_unit(platform, unit_point))))
+        try:
+            formulation.formulate(condition, platform)
+        except SdflInputError:
+            return False
+        return True
+    return check
+
+
+def run_campaign(rig: Rig | list[Rig], plan: CampaignPlan, steps: Steps, on_progress=None,
+                 log: logging.Logger | logging.LoggerAdapter | None = None,
+                 confirm_refill: ConfirmRefill | None = None) -> CampaignState:
+    """The closed loop until the budget (or the explore target) is reached.
+
+    Give several rigs (reactors) to run one experiment on each at once: every idle reactor asks
+    the study for a condition, and the running trials count as pending in the next proposal
+    (kriging believer), so the reactors get a batch of distinct conditions; every result lands in
+    the one campaign dataset and study. A reactor with a fatal fault is made safe and taken out
+    of service; the others finish the budget, then the fault is raised (the campaign resumes
+    when started again). When a reactor's syringes run short, `confirm_refill(rig, need)` is
+    asked; without it, or when it answers False, that reactor stops and `RefillNeeded` is raised
+    at the end with how to resume.
+    """
+    log = log or logging.getLogger(__name__)
+    rigs = rig if isinstance(rig, list) else [rig]
+    if not rigs:
+        raise SdflInputError("a campaign needs at least one reactor (rig)")
+    platform = rigs[0].platform
+    objective, prior = validate(plan, platform)
+    storage.check_data_root(plan.data_root, plan.campaign)
+    state = CampaignState(plan, objective, prior, platform=platform)
+    state.set_aside = storage.set_aside_damaged(plan.data_root, plan.campaign)
+    url = ledger.storage_url(plan.data_root, plan.storage)
+    prior_unit = (to_unit(platform, prior[0]), prior[1]) if prior is not None else None
+    if plan.target is not None:
+        sampler = samplers.make_target_sampler(plan.policy, platform, objective, plan.surrogate, plan.seed,
+                                               _feasible(platform))
+    else:
+        sampler = samplers.make_sampler(plan.policy, platform, plan.surrogate, plan.seed, prior_unit,
+                                        PolicySettings(plan.kappa, plan.xi), _feasible(platform))
+    design = plan.initial if plan.policy != "random" else 0
+    study, created = ledger.open_study(plan.campaign, platform, objective.expression, url, sampler,
+                                       directions(plan), initial_design=design)
+    if created:
+        study.set_user_attr("design_seed", plan.seed)
+        state.rebuilt = ledger.rebuild_from_dataset(study, plan.campaign, plan.data_root, platform, objective)
+        if state.rebuilt:
+            log.warning("campaign %s: its ledger (Optuna study) was missing from %s; rebuilt it from the %d "
+                        "recorded experiments, so it resumes where the dataset stops", plan.campaign, url,
+                        len(state.rebuilt))
+    state.reconciled = ledger.reconcile(study, plan.campaign, plan.data_root, objective, plan.in_flight,
+                                        record_failure=lambda trial, eid: _record_crashed(rigs[0], plan, trial, eid))
+    if state.reconciled.missing:
+        log.warning("campaign %s: %d finished trial(s) have no record in the dataset (%s); restore those files "
+                    "from a backup. The ledger still holds their results", plan.campaign,
+                    len(state.reconciled.missing), ", ".join(ledger.experiment_id_for(plan.campaign, n)
+                                                             for n in state.reconciled.missing))
+    planned = study.user_attrs.get("initial_design") or 0
+    if planned:
+        seed = study.user_attrs.get("design_seed", plan.seed)
+        ledger.ensure_design(study, design_conditions(platform, planned, seed))
+    loop = _Loop(study, plan, state, steps, objective, on_progress, log, confirm_refill)
+    try:
+        if len(rigs) == 1:
+            loop.serve(rigs[0])
+        else:
+            with ThreadPoolExecutor(len(rigs), thread_name_prefix="reactor") as pool:
+                # each reactor thread runs in a copy of this context (Prefect's flow run context)
+                futures = [pool.submit(contextvars.copy_context().run, loop.serve, r) for r in rigs]
+                for future in futures:
+                    future.result()
+    finally:
+        for r in rigs:
+            r.safe_state()
+    if loop.fatal is not None:
+        raise _resumable(loop.fatal, plan, len(ledger.finished(study)))
+    finished = sorted(ledger.finished(study), key=lambda t: t.number)
+    if plan.target is not None:
+        state.values = [tuple(t.values) if t.state == TrialState.COMPLETE else (math.nan,) * 3 for t in finished]
+    else:
+        state.values = [t.value if t.state == TrialState.COMPLETE else math.nan for t in finished]
+    return state
+
+
+def _resumable(exc: BaseException, plan: CampaignPlan, done: int) -> BaseException:
+    """A lab-not-ready stop, reworded to say where the campaign stands and how to go on."""
+    if not isinstance(exc, LabNotReady):
+        return exc
+    message = (f"campaign {plan.campaign!r} stopped after {done} of {plan.budget} experiments: {exc}. "
+               "Nothing recorded was lost; run the campaign again with the same name to resume it")
+    return RefillNeeded(message, exc.short) if isinstance(exc, RefillNeeded) else type(exc)(message)
+
+
+def directions(plan: CampaignPlan) -> list[str]:
+    """The study's directions: one objective to maximise, or a target's three."""
+    return list(targets.DIRECTIONS) if plan.target is not None else ["maximize"]
+
+
+def target_vectors(study) -> np.ndarray:
+    """Objective vectors of a target study's finished trials in trial order (NaN rows for failures)."""
+    finished = sorted(ledger.finished(study), key=lambda t: t.number)
+    return np.array([t.values if t.state == TrialState.COMPLETE else [math.nan] * 3 for t in finished],
+                    dtype=float).reshape(-1, 3)
+
+
+class _Loop:
+    """The ask - run - tell loop, shared by the reactors of one campaign (ledger calls locked)."""
+
+    ID_COLLISIONS_MAX = 100
+
+    def __init__(self, study, plan, state, steps, objective, on_progress, log, confirm_refill=None):
+        self.study, self.plan, self.state, self.steps = study, plan, state, steps
+        self.objective, self.on_progress, self.log = objective, on_progress, log
+        self.confirm_refill = confirm_refill
+        self.lock = threading.Lock()
+        self.running = 0
+        self.stopped = False
+        self.fatal: BaseException | None = None
+        self.distributions = ledger.distributions(state.platform)
+
+    def _next_trial(self):
+        with self.lock:
+            if self.stopped:
+                return None
+            done = ledger.finished(self.study)
+            if len(done) + self.running >= self.plan.budget:
+                self.state.stopped_because = f"budget of {self.plan.budget} experiments reached"
+                return None
+            if (self.plan.target_r2 is not None and not self.running
+                    and _target_reached(self.study, self.state.platform, self.plan, self.state, len(done))):
+                self.state.stopped_because = (f"held-out R^2 {self.state.holdout_r2:.3f} >= target "
+                                              f"{self.plan.target_r2}")
+                self.stopped = True
+                return None
+            if self.plan.target is not None and self.plan.patience is not None:
+                since = targets.experiments_since_best(target_vectors(self.study), self.plan.target)
+                if since is not None and since >= self.plan.patience:
+                    self.state.stopped_because = (f"on target, and {since} experiment(s) since the best on-target "
+                                                  f"one (patience {self.plan.patience})")
+                    self.stopped = True
+                    return None
+            for _ in range(self.ID_COLLISIONS_MAX):
+                trial = self.study.ask(self.distributions)
+                experiment_id = ledger.experiment_id_for(self.plan.campaign, trial.number)
+                trial.set_user_attr("experiment_id", experiment_id)
+                if storage.existing_record(self.plan.data_root, self.plan.campaign, experiment_id) is None:
+                    self.running += 1
+                    return trial, experiment_id
+                # The dataset holds an experiment the ledger does not know: never overwrite it.
+                ledger.set_aside(self.study, trial, f"experiment id {experiment_id} is already recorded in the "
+                                 "dataset (a record this ledger does not know); the trial number was skipped")
+                self.log.warning("campaign %s: %s is already recorded; skipped that trial number",
+                                 self.plan.campaign, experiment_id)
+            raise SdflInputError(f"campaign {self.plan.campaign!r}: {self.ID_COLLISIONS_MAX} trial numbers in a row "
+                                 "are already recorded in the dataset; the ledger and the dataset do not belong "
+                                 "together (check --storage and --data-root)")
+
+    def serve(self, rig: Rig) -> None:
+        """Run trials on `rig` until the campaign is done or this reactor cannot go on."""
+        while (claimed := self._next_trial()) is not None:
+            trial, experiment_id = claimed
+            try:
+                value, failure, row = _conduct(rig, self.plan, self.steps, trial, experiment_id, self.objective,
+                                               self.log)
+            except LabNotReady as exc:
+                with self.lock:
+                    ledger.set_aside(self.study, trial, f"not run: {type(exc).__name__}: {exc}")
+                    self.running -= 1
+                if isinstance(exc, RefillNeeded) and self._refilled(rig, exc):
+                    continue
+                self._stop(rig, exc, everyone=isinstance(exc, DataRootUnusable))
+                return
+            except (FatalInstrumentError, InstrumentError) as exc:
+                self._fail(trial, exc)
+                self._stop(rig, exc, everyone=self.plan.target_r2 is not None)
+                return  # the rig is safe and the experiment recorded; a person must look at it
+            except Exception as exc:  # the record could not be written, the ledger failed, or a bug
+                self._fail(trial, exc)
+                self._stop(rig, exc, everyone=True)
+                return
+            with self.lock:
+                if failure is not None:
+                    _tell_failure(self.study, trial, failure)
+                else:
+                    ledger.tell_completed(self.study, trial, value, self.objective, row)
+                    self.log.info("trial %d (%s): %s = %s", trial.number, experiment_id,
+                                  _what(self.objective), _show(value))
+                self.running -= 1
+                if self.on_progress is not None:
+                    self.on_progress(len(ledger.finished(self.study)), self.plan.budget, self.study)
+
+    def _refilled(self, rig: Rig, need: RefillNeeded) -> bool:
+        """Ask for a refill; True when the syringes were refilled and the reactor can go on."""
+        if self.confirm_refill is None:
+            return False
+        self.log.warning("reactor %s needs a refill: %s", rig.name, need)
+        rig.safe_state()
+        if not self.confirm_refill(rig, need):
+            return False
+        self.log.info("reactor %s: syringes refilled (%s); the campaign goes on", rig.name, ", ".join(need.pumps))
+        return True
+
+    def _fail(self, trial, exc: BaseException) -> None:
+        """Tell a trial FAIL with the reason; a ledger that fails here too is logged, not raised."""
+        with self.lock:
+            self.running -= 1
+            try:
+                _tell_failure(self.study, trial, exc)
+            except Exception as tell_error:  # noqa: BLE001 - the first error is the one to report
+                self.log.error("trial %d could not be told FAIL (%s); the next start settles it from the dataset",
+                               trial.number, tell_error)
+
+    def _stop(self, rig: Rig, exc: BaseException, everyone: bool) -> None:
+        """This reactor stops (and every reactor, when `everyone`); the first cause is raised at the end."""
+        with self.lock:
+            self.fatal = self.fatal or exc
+            self.stopped = self.stopped or everyone
+        self.log.error("reactor %s stopped: %s: %s", rig.name, type(exc).__name__, exc)
+
+
+def _what(objective) -> str:
+    return "(peak error nm, quality, FWHM)" if isinstance(objective, targets.TargetObjective) else objective.expression
+
+
+def _show(value) -> str:
+    return ", ".join(f"{v:.5g}" for v in np.atleast_1d(value))
+
+
+def _conduct(rig, plan, steps, trial, experiment_id, objective, log):
+    """Run one trial's experiment: (objective value or vector, None, row) or (nan, why it has no
+    value, row or None).
+
+    Instrument errors propagate (the rig is already safe and the experiment recorded).
+    """
+    run = getattr(rig, "conduct", None)  # a reactor on another machine (flows/remote.py)
+    try:
+        if run is not None:
+            row = run(condition=dict(trial.params), campaign=plan.campaign, experiment_id=experiment_id,
+                      data_root=plan.data_root, seed=plan.seed)
+        else:
+            row = conduct_experiment(rig, condition=dict(trial.params), campaign=plan.campaign,
+                                     experiment_id=experiment_id, finish="hold", data_root=plan.data_root,
+                                     seed=plan.seed, steps=steps, log=log)
+    except SdflInputError as exc:  # an infeasible proposal is never run; record why and go on
+        log.warning("trial %d not run: %s", trial.number, exc)
+        return math.nan, exc, None
+    value = objective(row)
+    if not ledger.is_number(value):
+        return math.nan, ValueError(f"objective {_what(objective)!r} is not a number for this run: {_show(value)}"), row
+    return value, None, row
+
+
+def _tell_failure(study, trial, exc: BaseException) -> None:
+    trial.set_user_attr("failure_reason", f"{type(exc).__name__}: {exc}"[:2000])
+    study.tell(trial, state=TrialState.FAIL)
+
+
+def _record_crashed(rig, plan, trial, experiment_id: str) -> None:
+    """A trial that was in flight when the process died: record it as crashed in the dataset."""
+    platform = rig.platform
+    settings = features.FeatureSettings.from_config(platform.features)
+    row = experiment_row(
+        experiment_id=experiment_id, status="crashed", platform=platform, started_at=now_utc(),
+        t_platform_start_s=rig.clock.now(), t_platform_end_s=rig.clock.now(), condition=dict(trial.params),
+        failure_reason="interrupted: the campaign process stopped during this experiment", seed=plan.seed,
+    )
+    storage.write_or_rescue(row, [], storage.experiment_schema(platform, features.feature_columns(settings)),
+                            plan.campaign, plan.data_root)
+
+
+def _target_reached(study, platform, plan, state, n_done: int) -> bool:
+    from tasks.surrogate import holdout_r2
+
+    X, y = ledger.observations(study, platform)
+    if len(y) < max(10, plan.initial) or n_done % plan.check_every:
+        return False
+    state.holdout_r2 = holdout_r2(plan.surrogate, to_unit(platform, X), y, seed=plan.seed)
+    return state.holdout_r2 >= plan.target_r2
+
+
