@@ -501,12 +501,16 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     signal.signal(signal.SIGTERM, _terminate)
     try:
+        if args.command not in ("platform", "doctor", "data", "twin-table"):  # every other command runs flows
+            from flows.prefect_server import use_sdfl_temporary_server
+
+            use_sdfl_temporary_server()  # Prefect's temporary server, if needed, goes when sdfl goes
         return args.func(args)
     except SdflError as exc:
         print(f"sdfl: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as exc:
-        print(f"sdfl: stopped ({exc or 'interrupted'}); the rig was put in its safe state", file=sys.stderr)
+        print(f"sdfl: stopped ({str(exc) or 'interrupted'}); the rig was put in its safe state", file=sys.stderr)
         return 130
 
 

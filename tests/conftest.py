@@ -28,6 +28,15 @@ def prefect_harness(tmp_path_factory):
             yield
 
 
+@pytest.fixture(scope="session", autouse=True)
+def private_reactor_locks(tmp_path_factory):
+    """Reactor locks of this test session only, never the machine-wide ones of a user's runs
+    (subprocesses and workers inherit the setting)."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("SDFL_LOCK_DIR", str(tmp_path_factory.mktemp("reactor-locks")))
+        yield
+
+
 @pytest.fixture(autouse=True)
 def fresh_rigs():
     """Every test starts with no open rig (virtual rigs are per process and keep state)."""
