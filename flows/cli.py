@@ -94,6 +94,11 @@ def cmd_platform(args) -> int:
     if cfg.regime is not None:
         print(f"flow regime: {cfg.regime.fluid.name} in a {cfg.regime.channel_diameter:g} mm tube, "
               f"{cfg.regime.defaults} rules" + (f" + {len(cfg.regime.rules)} of its own" if cfg.regime.rules else ""))
+    if cfg.chemistry is not None:
+        from hardware.virtual.chemistry import load_chemistry
+
+        load_chemistry(cfg.chemistry.model, cfg.chemistry.options, source=str(cfg.source))  # raises if it cannot
+        print(f"twin chemistry: {cfg.chemistry.model} (imports and accepts its options)")
     return 0
 
 
@@ -201,6 +206,7 @@ def _print_target(summary: dict) -> None:
     for row in front:
         print(f"  {row['experiment_id']}: peak {row['peak_nm']:.2f} nm, FWHM {row['fwhm_nm']:.2f} nm, "
               f"quality {row['quality']:.4g}, desirability {row['desirability']:.3f}")
+    _print_repairs(summary)
     print(f"files: {summary.get('folder', '')}")
 
 
@@ -267,7 +273,20 @@ def _print_campaign(summary: dict) -> None:
         print(f"most important inputs (SHAP): {', '.join(summary['shap_top'])}")
     if "resumed" in summary:
         print(f"resumed: {summary['resumed']}")
+    _print_repairs(summary)
     print(f"files: {summary.get('folder', '')}")
+
+
+def _print_repairs(summary: dict) -> None:
+    """What the start of a campaign found and mended (a rebuilt ledger, files set aside)."""
+    if "ledger_rebuilt_from" in summary:
+        print(f"ledger: the Optuna study was missing and was rebuilt from {summary['ledger_rebuilt_from']} "
+              "recorded experiments")
+    for item in summary.get("set_aside", []):
+        print(f"set aside: {item['file']} ({item['why']}) -> {item['moved_to']}")
+    if summary.get("missing_records"):
+        print(f"missing records: {', '.join(summary['missing_records'])} finished in the ledger but have no file in "
+              "the dataset; restore them from a backup")
 
 
 def cmd_optimize(args) -> int:
@@ -328,6 +347,10 @@ def cmd_data(args) -> int:
     frame = read_experiments(args.data_root, args.campaign)
     print(f"data root: {data_root(args.data_root)}  ({len(frame)} experiments)")
     _print_frame(frame, ["campaign", *SUMMARY_COLUMNS, "failure_reason"] if not args.all else None)
+    skipped = frame.attrs.get("skipped_files", [])
+    if skipped:  # each is named in a warning above
+        print(f"\n{len(skipped)} file(s) could not be read and are not shown; running the campaign again sets "
+              f"them aside under {data_root(args.data_root) / 'quarantine'}")
     return 0
 
 

@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import no_traceback
 
 from flows.cli import main
 from hardware.platform import PLATFORM_DIR
@@ -138,3 +139,48 @@ def test_twin_table_of_an_empty_campaign_says_so(data_root, tmp_path):
         main(["twin-table", "--campaign", "nothing", "--data-root", str(data_root), "--out", str(tmp_path / "t.csv")])
     assert "has no experiments" in str(done.value.code)
     assert not (tmp_path / "t.csv").exists()
+
+
+BAD_SETTINGS = [
+    (["optimize", "--campaign", "k", "--kappa", "-1"], "kappa (UCB exploration weight) must be a number above 0"),
+    (["optimize", "--campaign", "s", "--seed", "-1"], "seed must be a whole number of 0 or more"),
+    (["optimize", "--campaign", "p", "--prior-model", "/no/such/model.pkl"], "prior model '/no/such/model.pkl': no such file"),
+    (["optimize", "--campaign", "u", "--storage", "not a url"], "is not a database URL"),
+    (["optimize", "--campaign", "d", "--storage", "mysql://lab@127.0.0.1:1/sdfl"], "database driver is not installed"),
+    (["experiment", "--replicates", "-2"], "replicates must be a whole number of at least 1"),
+    (["experiment", "--replicates", "0"], "replicates must be a whole number of at least 1"),
+]
+
+
+@pytest.mark.parametrize("args, message", BAD_SETTINGS, ids=[" ".join(a[:3]) for a, _ in BAD_SETTINGS])
+def test_bad_settings_get_one_clear_line_and_run_nothing(sdfl, tmp_path, args, message):
+    root = tmp_path / "data"
+    done = sdfl(*args, "--data-root", str(root))
+    out = no_traceback(done)
+    assert done.returncode == 2, out
+    assert message in [line for line in out.splitlines() if line.startswith("sdfl:")][-1]
+    assert not (root / "experiments").exists() and not (root / "spectra").exists()
+
+
+def test_platform_refuses_a_twin_chemistry_that_does_not_import(tmp_path, capsys):
+    broken = tmp_path / "broken.toml"
+    broken.write_text((PLATFORM_DIR / "virtual-cs3cu2i5.toml").read_text().replace(
+        "hardware.virtual.cs3cu2i5:Cs3Cu2I5Chemistry", "hardware.virtual.cs3cu2i5:NoSuchChemistry"))
+    assert main(["platform", str(broken)]) == 2
+    err = capsys.readouterr().err
+    assert "chemistry.model: cannot import 'hardware.virtual.cs3cu2i5:NoSuchChemistry'" in err
+    assert main(["platform"]) == 0
+    assert "twin chemistry: hardware.virtual.cs3cu2i5:Cs3Cu2I5Chemistry" in capsys.readouterr().out
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_bad_input_is_refused_at_once_while_another_run_holds_the_reactor(sdfl, tmp_path):
+    """A busy reactor does not delay the answer to a mistake: the request is checked before the wait."""
+    from flows.reactor import reactor_lock
+
+    with reactor_lock("virtual-cs3cu2i5"):
+        started = time.monotonic()
+        done = sdfl("experiment", "--set", "temperature_c=400", "--data-root", str(tmp_path / "data"), timeout=120)
+        waited = time.monotonic() - started
+    assert done.returncode == 2 and "temperature_c = 400 is outside [120, 150]" in no_traceback(done)
+    assert "busy with another run" not in done.stdout + done.stderr and waited < 60
