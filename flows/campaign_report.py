@@ -84,14 +84,26 @@ def build_report(platform: PlatformConfig, study, objective, surrogate: str, pri
     return summary
 
 
+def _run_logger():
+    """The flow run's logger inside a flow (its lines show in the UI and the terminal), else None."""
+    from prefect.exceptions import MissingContextError
+    from prefect.logging import get_run_logger
+
+    try:
+        return get_run_logger()
+    except MissingContextError:
+        return None
+
+
 def _against_twin(platform, objective, model, X, y, root) -> dict[str, Any]:
     """Virtual platforms only: the true optimum, the true value of the best condition, MC R^2."""
     from tasks.twin import DigitalTwin, cached_true_optimum
 
-    optimum = cached_true_optimum(platform, objective, root)
+    optimum = cached_true_optimum(platform, objective, root, log=_run_logger())
     twin = DigitalTwin(platform)
     best_true = float(twin.objective(X[int(np.argmax(y))], objective)[0])
     out = {"true_optimum": optimum.value, "true_optimum_condition": optimum.condition,
+           "true_optimum_exhaustive": optimum.exhaustive,
            "best_true_value": best_true, "best_vs_optimum": best_true / optimum.value}
     if model is not None:
         mc = twin.monte_carlo(1000, seed=0)

@@ -2,12 +2,20 @@
 
 For tests and benchmarks: what the virtual lab would measure at perfect steady state with no
 noise, for many conditions at once, through the same formulation and feature code the loop uses.
+
+The true optimum takes a minute or more of differential evolution on the full spectral twin, so
+it is computed once for each shipped platform and objective and shipped beside the platform files
+(`hardware/platforms/twin-optima.json`; `python -m tasks.twin` recomputes it). A user's own
+platform gets a bounded search (about ten seconds) that logs its progress, cached under the data
+root; its value is an estimate and is marked so.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cached_property
@@ -16,7 +24,7 @@ import numpy as np
 import pandas as pd
 from scipy import optimize
 
-from hardware.platform import PlatformConfig
+from hardware.platform import PLATFORM_DIR, PlatformConfig
 from hardware.virtual.chemistry import ReactorState, ZoneState
 from hardware.virtual.lab import VirtualLab
 from tasks.features import FeatureSettings, extract_features
@@ -29,7 +37,21 @@ class Optimum:
     condition: dict[str, float]
     value: float
     objective: str
+    exhaustive: bool = True
+    """False for the bounded search of a platform without a shipped optimum (an estimate)."""
 
+
+SHIPPED_OPTIMA = PLATFORM_DIR / "twin-optima.json"
+BOUNDED_GENERATIONS = 40
+"""Generations of the bounded search (population 30 per input): about ten seconds on two cores."""
+FULL_GENERATIONS = 300
+BRIGHTNESS = "PL_A / (1 - 10 ** (-Abs_300))"
+"""PL per absorbed excitation: the PLQY proxy of a platform that does not declare its own."""
+
+
+def shipped_objectives(platform: PlatformConfig) -> tuple[str, ...]:
+    """What campaigns on a shipped platform maximise: PL_I (the default) and its PLQY proxy."""
+    return ("PL_I", platform.features.plqy_proxy or BRIGHTNESS)
 
 class DigitalTwin:
     """Steady-state, noiseless response of a virtual platform."""
@@ -89,28 +111,105 @@ class DigitalTwin:
     def _bounds(self) -> list[tuple[float, float]]:
         return [(p.low, p.high) for p in self.platform.parameters]
 
-    def true_optimum(self, objective: str | Callable[[dict], float] = "PL_I", seed: int = 0) -> Optimum:
-        """The global maximum of `objective` over the space (differential evolution + polish)."""
+    def true_optimum(self, objective: str | Callable[[dict], float] = "PL_I", seed: int = 0,
+                     generations: int = FULL_GENERATIONS, log: logging.Logger | None = None) -> Optimum:
+        """The global maximum of `objective` over the space (differential evolution + polish).
+
+        `generations` bounds the search; `log` gets a line every ten generations."""
+        name = objective if isinstance(objective, str) else getattr(objective, "expression", "objective")
+        started = time.monotonic()
+        generation = 0
+
+        def progress(intermediate_result) -> None:
+            nonlocal generation
+            generation += 1
+            if log is not None and generation % 10 == 0:
+                log.info("searching the twin's optimum of %s: generation %d of at most %d, best %.5g (%.0f s)",
+                         name, generation, generations, -intermediate_result.fun, time.monotonic() - started)
+
         result = optimize.differential_evolution(
             lambda X: -self.objective(X.T, objective), self._bounds, seed=seed, vectorized=True,
-            popsize=30, tol=1e-8, maxiter=300, polish=False, updating="deferred",
+            popsize=30, tol=1e-8, maxiter=generations, polish=False, updating="deferred", callback=progress,
         )
         polished = optimize.minimize(lambda x: -self.objective(x, objective)[0], result.x,
                                      method="L-BFGS-B", bounds=self._bounds)
         best = polished if polished.fun < result.fun else result
-        name = objective if isinstance(objective, str) else getattr(objective, "expression", "objective")
-        return Optimum(dict(zip(self.names, map(float, best.x))), float(-best.fun), name)
+        return Optimum(dict(zip(self.names, map(float, best.x))), float(-best.fun), name,
+                       exhaustive=generations >= FULL_GENERATIONS)
 
 
-def cached_true_optimum(platform: PlatformConfig, objective, root) -> Optimum:
-    """The twin's true optimum, cached under the data root per platform file and objective."""
-    name = objective if isinstance(objective, str) else objective.expression
+def objective_name(objective) -> str:
+    return objective if isinstance(objective, str) else objective.expression
+
+
+def shipped_optimum(platform: PlatformConfig, objective) -> Optimum | None:
+    """The optimum shipped for this exact platform file and objective, if there is one."""
+    if not SHIPPED_OPTIMA.exists():
+        return None
+    entry = json.loads(SHIPPED_OPTIMA.read_text()).get(platform.platform.name, {})
+    if entry.get("sha256") != platform.sha256:
+        return None
+    found = entry.get("objectives", {}).get(objective_name(objective))
+    return Optimum(found["condition"], found["value"], objective_name(objective)) if found else None
+
+
+def cached_true_optimum(platform: PlatformConfig, objective, root, log: logging.Logger | None = None) -> Optimum:
+    """The twin's true optimum: the shipped one, else one cached under the data root, else a
+    bounded search (logged as it goes, cached for the next campaign)."""
+    shipped = shipped_optimum(platform, objective)
+    if shipped is not None:
+        return shipped
+    name = objective_name(objective)
     key = hashlib.sha256(f"{platform.sha256}|{name}".encode()).hexdigest()[:16]
     path = data_root(root) / "twin" / f"optimum-{key}.json"
     if path.exists():
         data = json.loads(path.read_text())
-        return Optimum(data["condition"], data["value"], data["objective"])
-    optimum = DigitalTwin(platform).true_optimum(objective)
+        return Optimum(data["condition"], data["value"], data["objective"], data.get("exhaustive", True))
+    log = log or logging.getLogger(__name__)
+    log.info("no optimum is shipped for platform %s and %s: a bounded search of the twin (about ten seconds)",
+             platform.platform.name, name)
+    optimum = DigitalTwin(platform).true_optimum(objective, generations=BOUNDED_GENERATIONS, log=log)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"condition": optimum.condition, "value": optimum.value, "objective": name}))
+    path.write_text(json.dumps({"condition": optimum.condition, "value": optimum.value, "objective": name,
+                                "exhaustive": optimum.exhaustive}))
     return optimum
+
+
+def ship_optima(platforms: list[str]) -> dict:
+    """Compute the full optimum of every platform and its shipped objectives; write SHIPPED_OPTIMA."""
+    from hardware.platform import load_platform
+
+    table = json.loads(SHIPPED_OPTIMA.read_text()) if SHIPPED_OPTIMA.exists() else {}
+    for name in platforms:
+        platform = load_platform(name)
+        twin = DigitalTwin(platform)
+        entry = {"sha256": platform.sha256, "objectives": {}}
+        for objective in shipped_objectives(platform):
+            started = time.monotonic()
+            optimum = twin.true_optimum(_as_objective(objective, platform))
+            entry["objectives"][objective] = {"value": optimum.value, "condition": optimum.condition}
+            print(f"{name} {objective}: {optimum.value:.6g} ({time.monotonic() - started:.0f} s)")
+        table[name] = entry
+    SHIPPED_OPTIMA.write_text(json.dumps(table, indent=1, sort_keys=True) + "\n")
+    return table
+
+
+def _as_objective(expression: str, platform: PlatformConfig):
+    """A feature name stays a name; a formula becomes the campaign's Objective."""
+    from tasks.features import feature_columns
+    from tasks.objective import parse_objective
+
+    if expression in feature_columns(FeatureSettings.from_config(platform.features)):
+        return expression
+    return parse_objective(expression, feature_columns(FeatureSettings.from_config(platform.features)))
+
+
+if __name__ == "__main__":
+    import argparse
+
+    from hardware.platform import load_platform, shipped_platforms
+
+    parser = argparse.ArgumentParser(description="Recompute the shipped optima of the virtual platforms' twins.")
+    parser.add_argument("platforms", nargs="*", help="default: every shipped platform with a twin")
+    args = parser.parse_args()
+    ship_optima(args.platforms or [p for p in shipped_platforms() if load_platform(p).platform.kind != "real"])

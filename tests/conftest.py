@@ -116,22 +116,20 @@ def no_traceback(process) -> str:
     return out
 
 
-@pytest.fixture(scope="session")
-def twin_optimum_cache(tmp_path_factory):
-    """The default twin's true optimum of PL_I, computed once per session (it takes a minute or
-    two); `seed_twin_cache(root)` copies it into a data root so a campaign report there reuses it."""
-    from tasks.twin import cached_true_optimum
+def paused_run_id(timeout_s: float = 120.0):
+    """The id of the flow run that pauses for an operator's form (waits for it to pause)."""
+    import time
 
-    root = tmp_path_factory.mktemp("twin-cache")
-    cached_true_optimum(load_platform(), "PL_I", root)
-    return root / "twin"
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterState, FlowRunFilterStateType
+    from prefect.client.schemas.objects import StateType
 
-
-@pytest.fixture
-def seed_twin_cache(twin_optimum_cache):
-    import shutil
-
-    def seed(root) -> None:
-        shutil.copytree(twin_optimum_cache, os.path.join(str(root), "twin"), dirs_exist_ok=True)
-
-    return seed
+    paused = FlowRunFilter(state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.PAUSED])))
+    deadline = time.monotonic() + timeout_s
+    with get_client(sync_client=True) as client:
+        while time.monotonic() < deadline:
+            runs = client.read_flow_runs(flow_run_filter=paused)
+            if runs:
+                return runs[0].id
+            time.sleep(0.5)
+    raise AssertionError("the flow run never paused")

@@ -26,13 +26,9 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
-def root(tmp_path_factory, twin_optimum_cache):
-    """One data root for the module, with the twin's true optimum computed once per session."""
-    import shutil
-
-    folder = tmp_path_factory.mktemp("campaigns")
-    shutil.copytree(twin_optimum_cache, folder / "twin")
-    return str(folder)
+def root(tmp_path_factory):
+    """One data root for the module."""
+    return str(tmp_path_factory.mktemp("campaigns"))
 
 
 def study_of(root, campaign):

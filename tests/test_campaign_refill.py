@@ -5,11 +5,10 @@ callback from Python) or stops with a message saying how to resume."""
 from __future__ import annotations
 
 import threading
-import time
 
 import optuna
 import pytest
-from conftest import assert_rig_safe, no_traceback
+from conftest import assert_rig_safe, no_traceback, paused_run_id
 from optuna.trial import TrialState
 
 from flows.campaign_loop import CampaignPlan, run_campaign
@@ -81,30 +80,12 @@ def test_a_refill_callback_lets_the_campaign_finish_its_budget(platform, tmp_pat
     assert len(read_experiments(tmp_path, "fed")) == 5
 
 
-def _paused_run_id(timeout_s: float = 120.0):
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterState, FlowRunFilterStateType
-    from prefect.client.schemas.objects import StateType
-
-    paused = FlowRunFilter(state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.PAUSED])))
-    deadline = time.monotonic() + timeout_s
-    with get_client(sync_client=True) as client:
-        while time.monotonic() < deadline:
-            runs = client.read_flow_runs(flow_run_filter=paused)
-            if runs:
-                return runs[0].id
-            time.sleep(0.5)
-    raise AssertionError("the flow run never paused")
-
-
-def test_with_a_server_the_campaign_pauses_for_the_operator_and_goes_on(prefect_harness, platform, tmp_path,
-                                                                         seed_twin_cache):
+def test_with_a_server_the_campaign_pauses_for_the_operator_and_goes_on(prefect_harness, platform, tmp_path):
     """The Prefect UI shows a refill form; the operator's answer lets the campaign go on."""
     from prefect.flow_runs import resume_flow_run
 
     from flows.campaign import optimize
 
-    seed_twin_cache(tmp_path)
     rig = open_rig(platform, 52)  # the rig the flow will open
     short_of_carrier(rig, 1.6)
     outcome: dict = {}
@@ -118,7 +99,7 @@ def test_with_a_server_the_campaign_pauses_for_the_operator_and_goes_on(prefect_
 
     thread = threading.Thread(target=run, daemon=True)
     thread.start()
-    resume_flow_run(_paused_run_id(), run_input={"refilled": True, "note": "new PFO syringe"})
+    resume_flow_run(paused_run_id(), run_input={"refilled": True, "note": "new PFO syringe"})
     thread.join(180)
 
     assert "error" not in outcome, outcome.get("error")
@@ -126,14 +107,13 @@ def test_with_a_server_the_campaign_pauses_for_the_operator_and_goes_on(prefect_
     assert len(read_experiments(tmp_path, "ui-refill")) == 3
 
 
-def test_the_command_line_stops_with_how_to_resume(sdfl, tmp_path, seed_twin_cache):
+def test_the_command_line_stops_with_how_to_resume(sdfl, tmp_path):
     """Without a Prefect server nobody can answer a form: `sdfl` stops, says what to refill and
     how to resume, and exits non-zero."""
     small = tmp_path / "small-pfo.toml"  # a 7 mL carrier syringe: enough for two or three experiments
     small.write_text((PLATFORM_DIR / "virtual-cs3cu2i5.toml").read_text().replace(
         'syringe_volume = "100 mL"', 'syringe_volume = "7 mL"'))
     root = tmp_path / "data"
-    seed_twin_cache(root)
 
     stopped = sdfl("optimize", "--campaign", "dry", "--budget", "6", "--initial", "3", "--no-explain",
                    "--platform", str(small), "--data-root", str(root), "--seed", "4", server=False)

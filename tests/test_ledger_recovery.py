@@ -36,11 +36,10 @@ def records(root, campaign):
     return {p.name: digest(p) for p in sorted(folder.glob("*.parquet"))}
 
 
-def test_losing_the_ledger_never_overwrites_an_experiment(sdfl, tmp_path, seed_twin_cache):
+def test_losing_the_ledger_never_overwrites_an_experiment(sdfl, tmp_path):
     """The reproduction from the fault campaign: run, delete optuna.db, run again with a larger
     budget. The second run rebuilds the ledger from the dataset and adds new experiments."""
     root = tmp_path / "data"
-    seed_twin_cache(root)
     first = sdfl(*optimize_args(root))
     assert first.returncode == 0, no_traceback(first)
     before = records(root, "c")
@@ -62,9 +61,8 @@ def test_losing_the_ledger_never_overwrites_an_experiment(sdfl, tmp_path, seed_t
     assert "rebuilt" in out
 
 
-def test_a_damaged_ledger_is_named_with_the_way_out(sdfl, tmp_path, seed_twin_cache):
+def test_a_damaged_ledger_is_named_with_the_way_out(sdfl, tmp_path):
     root = tmp_path / "data"
-    seed_twin_cache(root)
     assert sdfl(*optimize_args(root)).returncode == 0
     with open(root / "optuna.db", "r+b") as handle:  # scribble over the middle of the file
         handle.seek(4096)
@@ -85,12 +83,11 @@ def test_a_damaged_ledger_is_named_with_the_way_out(sdfl, tmp_path, seed_twin_ca
     assert len(records(root, "c")) == 5
 
 
-def test_damaged_and_foreign_files_are_named_and_set_aside(sdfl, tmp_path, seed_twin_cache):
+def test_damaged_and_foreign_files_are_named_and_set_aside(sdfl, tmp_path):
     """A truncated file, an empty one, a garbage one and a foreign table in the campaign folder:
     `sdfl data` names them and shows the rest; a resumed campaign sets them aside, reports the
     missing record and goes on; a temporary file of a killed writer is removed."""
     root = tmp_path / "data"
-    seed_twin_cache(root)
     assert sdfl(*optimize_args(root)).returncode == 0
     folder = experiment_path(root.resolve(), "c", "x").parent
     victim = folder / "c-t0001.parquet"

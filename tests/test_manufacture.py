@@ -5,11 +5,10 @@ anything moves, and the real Prefect flow pausing for an operator's decision."""
 from __future__ import annotations
 
 import threading
-import time
 
 import pandas as pd
 import pytest
-from conftest import assert_rig_safe
+from conftest import assert_rig_safe, paused_run_id
 
 from flows.manufacture import (
     AlarmDecision,
@@ -187,22 +186,6 @@ def test_the_recipe_can_come_from_a_campaign_best(platform, data_root):
 
 
 # --- the Prefect flow ----------------------------------------------------------------------
-def _paused_run_id(timeout_s: float = 90.0):
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterState, FlowRunFilterStateType
-    from prefect.client.schemas.objects import StateType
-
-    paused = FlowRunFilter(state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.PAUSED])))
-    deadline = time.monotonic() + timeout_s
-    with get_client(sync_client=True) as client:
-        while time.monotonic() < deadline:
-            runs = client.read_flow_runs(flow_run_filter=paused)
-            if runs:
-                return runs[0].id
-            time.sleep(0.5)
-    raise AssertionError("the flow run never paused")
-
-
 def test_the_flow_pauses_for_a_refill_then_for_an_alarm_and_obeys_the_operator(prefect_harness, platform,
                                                                                 condition, data_root):
     from prefect.flow_runs import resume_flow_run
@@ -222,9 +205,9 @@ def test_the_flow_pauses_for_a_refill_then_for_an_alarm_and_obeys_the_operator(p
     thread = threading.Thread(target=run, daemon=True)
     thread.start()
     # 1. PFO (60 min x 840 uL/min x 1.25 per segment) runs short at ~1.06 h: the run asks for a refill.
-    resume_flow_run(_paused_run_id(), run_input={"refilled": True, "note": "PFO syringe swapped"})
+    resume_flow_run(paused_run_id(), run_input={"refilled": True, "note": "PFO syringe swapped"})
     # 2. The CuI stock steps down at 1.2 h: an alarm, and the operator stops the lot.
-    resume_flow_run(_paused_run_id(), run_input={"action": "stop", "note": "bad CuI bottle"})
+    resume_flow_run(paused_run_id(), run_input={"action": "stop", "note": "bad CuI bottle"})
     thread.join(90)
 
     assert "error" not in outcome, outcome.get("error")

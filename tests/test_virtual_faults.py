@@ -198,18 +198,22 @@ def test_a_clog_while_the_pumps_are_idle_stalls_the_next_infusion_until_cleared(
     assert all(pump.status().running for name, pump in rig.pumps.items() if plan.flows_ul_min[name] > 0)
 
 
+def run_until_dry(rig, plan) -> None:
+    """Start the pumps and poll them as equilibration does until a syringe runs dry."""
+    start_pumps(rig, plan)
+    with pytest.raises(SyringeEmpty, match="ran dry"):
+        for _ in range(200):
+            rig.clock.sleep(5.0)
+            check_pumps(rig, plan)
+
+
 def test_a_syringe_loaded_short_runs_dry_mid_run(tmp_path, centre):
     """The pump believes its syringe is full, but it holds only 400 uL: formulation passes,
     the pump runs dry during the run, and the pump check names the empty syringe."""
     platform = platform_with(tmp_path, faults={"empty_pump": "cui", "empty_fill_ul": 400.0})
     rig = virtual_rig(platform, seed=1)
     assert rig.remaining_ul()["cui"] == 50000.0  # what the pump counts
-    plan = formulate(centre, platform, remaining_ul=rig.remaining_ul())
-    start_pumps(rig, plan)
-    with pytest.raises(SyringeEmpty, match="ran dry"):
-        for _ in range(200):
-            rig.clock.sleep(5.0)
-            check_pumps(rig, plan)
+    run_until_dry(rig, formulate(centre, platform, remaining_ul=rig.remaining_ul()))
     status = rig.pumps["cui"].status()
     assert status.alarm == "syringe empty" and status.remaining_ul == 0.0 and not status.running
     # It ran dry when its 400 uL were gone (plus the last of the compliance lag), not at the end
@@ -224,11 +228,7 @@ def test_a_syringe_loaded_short_switched_on_at_run_time_runs_dry_until_refilled(
     rig = virtual_rig(platform, seed=1)
     rig.lab.faults.plan.empty_pump, rig.lab.faults.plan.empty_fill_ul = "cui", 400.0
     plan = formulate(centre, platform, remaining_ul=rig.remaining_ul())
-    start_pumps(rig, plan)
-    with pytest.raises(SyringeEmpty, match="ran dry"):
-        for _ in range(200):
-            rig.clock.sleep(5.0)
-            check_pumps(rig, plan)
+    run_until_dry(rig, plan)
     assert rig.pumps["cui"].dispensed_ul() == pytest.approx(400.0, rel=0.01)
     rig.safe_state()
     rig.pumps["cui"].refill()  # really full now: the fault is gone with the old syringe
