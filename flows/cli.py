@@ -264,7 +264,8 @@ def _print_campaign(summary: dict) -> None:
         print("best condition: " + ", ".join(f"{k}={v:.4g}" for k, v in summary["best_condition"].items()))
     if "true_optimum" in summary:
         print(f"true value of that condition (twin): {summary['best_true_value']:.5g} = "
-              f"{100 * summary['best_vs_optimum']:.1f} % of the true optimum {summary['true_optimum']:.5g}")
+              f"{100 * summary['best_vs_optimum']:.1f} % of the true optimum {summary['true_optimum']:.5g}"
+              + ("" if summary.get("true_optimum_exhaustive", True) else " (estimated by a bounded search)"))
         print("true optimum: " + ", ".join(f"{k}={v:.4g}" for k, v in summary["true_optimum_condition"].items()))
     for name in ("holdout_r2", "mc_r2"):
         if name in summary:
