@@ -361,8 +361,7 @@ class _Loop:
         """Ask for a refill; True when the syringes were refilled and the reactor can go on."""
         if self.confirm_refill is None:
             return False
-        self.log.warning("reactor %s needs a refill: %s", rig.name, need)
-        rig.safe_state()
+        self.log.warning("reactor %s needs a refill (the rig is safe): %s", rig.name, need)
         if not self.confirm_refill(rig, need):
             return False
         self.log.info("reactor %s: syringes refilled (%s); the campaign goes on", rig.name, ", ".join(need.pumps))

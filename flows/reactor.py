@@ -16,6 +16,7 @@ hold one and wait for the other.
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import json
 import logging
@@ -160,20 +161,16 @@ def _write_holder(fd: int) -> None:
     holder = {"pid": os.getpid(), "user": _user(), "host": socket.gethostname(),
               "flow_run_id": flow_run.get_id(), "flow_run_name": context.flow_run.name if context else None,
               "since": datetime.now().astimezone().isoformat(timespec="seconds")}
-    try:
+    with contextlib.suppress(OSError):  # another user's lock file, read-only for us: the lock still holds
         os.ftruncate(fd, 0)
         os.pwrite(fd, (json.dumps(holder) + "\n").encode(), 0)
-    except OSError:
-        pass
 
 
 def _release_file_lock(fd: int) -> None:
     import fcntl
 
-    try:
-        os.ftruncate(fd, 0)  # a free reactor names no holder
-    except OSError:
-        pass
+    with contextlib.suppress(OSError):  # a free reactor names no holder (if we may write the file)
+        os.ftruncate(fd, 0)
     fcntl.flock(fd, fcntl.LOCK_UN)
 
 
@@ -202,10 +199,8 @@ def _busy_message(platform_name: str, holder: dict, path: Path) -> str:
     if holder.get("flow_run_name"):
         run += f" '{holder['flow_run_name']}'"
     since = str(holder.get("since", "?"))
-    try:
+    with contextlib.suppress(ValueError):  # a holder line of another version: show it as it is
         since += f", {time.time() - datetime.fromisoformat(since).timestamp():.0f} s ago"
-    except ValueError:
-        pass
     return (f"reactor {platform_name} is busy with another run (pid {holder['pid']}, flow run {run}); waiting. "
             f"It has held the reactor since {since}, user {holder.get('user', '?')} on {holder.get('host', '?')} "
             f"(lock file {path})")

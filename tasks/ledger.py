@@ -25,7 +25,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from hardware.errors import LedgerUnusable, SdflInputError
 from hardware.platform import PlatformConfig
-from tasks.storage import data_root, experiment_path, read_experiments
+from tasks.storage import data_root, read_experiments
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -349,7 +349,3 @@ def prior_from_campaign(root, campaign: str, platform: PlatformConfig, objective
 def trials_frame(study: optuna.Study) -> pd.DataFrame:
     """The study as a table (number, state, value, params, experiment id)."""
     return study.trials_dataframe(attrs=("number", "state", "value", "params", "user_attrs"))
-
-
-def existing_experiment(root, campaign: str, experiment_id: str) -> bool:
-    return experiment_path(data_root(root), campaign, experiment_id).exists()

@@ -372,7 +372,7 @@ def _campaign_dirs(root: Path, table: str, campaign: str | None) -> list[Path]:
     return sorted(p for p in base.glob("campaign=*") if p.is_dir())
 
 
-def _read(root: Path, table: str, campaign: str | None, filters=None) -> pd.DataFrame:
+def _read(root: Path, table: str, campaign: str | None, filters=None, columns=None) -> pd.DataFrame:
     """Every record file of `table`, one campaign or all. A file that cannot be read, or that is
     not a record of the experiment its name says, is skipped and named (in the log and in
     `frame.attrs["skipped_files"]`), so one damaged file never hides the rest."""
@@ -382,11 +382,11 @@ def _read(root: Path, table: str, campaign: str | None, filters=None) -> pd.Data
         if not files:
             continue
         try:
-            data = pq.read_table(files, filters=filters, partitioning=None).to_pandas()
+            data = pq.read_table(files, filters=filters, columns=columns, partitioning=None).to_pandas()
             if not _belongs(data, files, one_row_each=table == "experiments" and filters is None):
                 raise ValueError("a file is not the record its name says")
         except (pa.ArrowException, OSError, ValueError, KeyError):
-            data, bad = _read_one_by_one(files, filters, table)
+            data, bad = _read_one_by_one(files, filters, table, columns)
             skipped += bad
         if data.empty:
             continue
@@ -410,14 +410,14 @@ def _belongs(data: pd.DataFrame, files: list[Path], one_row_each: bool) -> bool:
     return ids <= stems
 
 
-def _read_one_by_one(files: list[Path], filters, table: str) -> tuple[pd.DataFrame, list[tuple[Path, str]]]:
+def _read_one_by_one(files: list[Path], filters, table: str, columns=None) -> tuple[pd.DataFrame, list]:
     """Read file by file; return the readable records and (file, why) for the others."""
     frames, bad = [], []
     for path in files:
         try:
-            part = pq.read_table(path, filters=filters, partitioning=None).to_pandas()
+            part = pq.read_table(path, filters=filters, columns=columns, partitioning=None).to_pandas()
         except (pa.ArrowException, OSError) as exc:
-            bad.append((path, f"not a readable Parquet file ({exc})"))
+            bad.append((path, _why_unreadable(path, exc)))
             continue
         if not _belongs(part, [path], one_row_each=table == "experiments" and filters is None):
             bad.append((path, f"not a record of experiment {path.stem!r} (foreign or renamed file)"))
@@ -427,12 +427,22 @@ def _read_one_by_one(files: list[Path], filters, table: str) -> tuple[pd.DataFra
     return (pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()), bad
 
 
+def _why_unreadable(path: Path, exc: Exception) -> str:
+    """A damaged file, or a sound Parquet file of another kind (a foreign table)."""
+    try:
+        names = pq.read_schema(path).names
+    except (pa.ArrowException, OSError):
+        return f"not a readable Parquet file ({exc})"
+    return f"not a record of experiment {path.stem!r} (a foreign table: columns {names[:6]})"
+
+
 def damaged_files(root: str | os.PathLike | None, campaign: str) -> list[tuple[Path, str]]:
-    """Files of the campaign that readers skip, with why."""
+    """Files of the campaign that readers skip, with why (reading only their ids: a resume must not
+    load every spectrum to find them)."""
     root_path = data_root(root)
     found = []
     for table in ("experiments", "spectra"):
-        found += _read(root_path, table, campaign).attrs.get("skipped_files", [])
+        found += _read(root_path, table, campaign, columns=["experiment_id"]).attrs.get("skipped_files", [])
     return found
 
 
