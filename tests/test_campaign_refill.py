@@ -80,6 +80,16 @@ def test_a_refill_callback_lets_the_campaign_finish_its_budget(platform, tmp_pat
     assert len(read_experiments(tmp_path, "fed")) == 5
 
 
+def test_a_refill_the_operator_refuses_stops_the_campaign_with_how_to_resume(platform, tmp_path):
+    rig = open_rig(platform, 53)
+    short_of_carrier(rig, 1.6)
+    with pytest.raises(RefillNeeded, match="run the campaign again"):
+        run_campaign(rig, CampaignPlan(campaign="no", budget=4, initial=2, seed=53, data_root=str(tmp_path)),
+                     PLAIN_STEPS, confirm_refill=lambda rig, need: False)
+    assert_rig_safe(rig)
+    assert len(ledger.finished(study_of(tmp_path, "no"))) == len(read_experiments(tmp_path, "no")) == 1
+
+
 def test_with_a_server_the_campaign_pauses_for_the_operator_and_goes_on(prefect_harness, platform, tmp_path):
     """The Prefect UI shows a refill form; the operator's answer lets the campaign go on."""
     from prefect.flow_runs import resume_flow_run

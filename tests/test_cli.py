@@ -184,3 +184,15 @@ def test_bad_input_is_refused_at_once_while_another_run_holds_the_reactor(sdfl, 
         waited = time.monotonic() - started
     assert done.returncode == 2 and "temperature_c = 400 is outside [120, 150]" in no_traceback(done)
     assert "busy with another run" not in done.stdout + done.stderr and waited < 60
+
+
+def test_an_unusable_reactor_lock_folder_gets_one_line_and_runs_nothing(sdfl, tmp_path):
+    """SDFL_LOCK_DIR naming a file (a typo, a stale mount): refused with the fix, nothing moves."""
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("")
+    done = sdfl("experiment", "--data-root", str(tmp_path / "data"), env={"SDFL_LOCK_DIR": str(blocker)})
+    out = no_traceback(done)
+    assert done.returncode == 2, out
+    last = [line for line in out.splitlines() if line.startswith("sdfl:")][-1]
+    assert "ReactorLockUnusable" in last and "SDFL_LOCK_DIR" in last
+    assert not list((tmp_path / "data").glob("experiments/*/*.parquet"))

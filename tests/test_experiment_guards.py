@@ -159,3 +159,25 @@ def test_a_campaign_whose_disk_fills_stops_with_no_trial_left_running(platform, 
         assert "RecordNotSaved" in study.trials[1].user_attrs["failure_reason"]
     assert_rig_safe(rig)
     assert list(read_experiments(tmp_path / "rescue", "full")["experiment_id"]) == ["full-t0001"]
+
+
+def test_when_the_rescue_folder_fails_too_the_record_goes_to_the_log(platform, condition, tmp_path, monkeypatch,
+                                                                     caplog):
+    """Both the data root and the rescue folder refuse the record: the error says so, and the
+    whole record is in the run's log, so it can still be typed back in."""
+    import logging
+
+    from hardware.rig import open_rig
+
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    monkeypatch.setenv("SDFL_RESCUE_DIR", str(blocker / "rescue"))  # cannot be a folder
+    rig = open_rig(platform, 46)
+    with tmpfs(tmp_path / "disk", "80m") as disk:
+        steps = dataclasses.replace(PLAIN_STEPS, extract=fill_disk_before(features.extract_features, disk))
+        with caplog.at_level(logging.ERROR, logger="tasks.storage"), pytest.raises(RecordNotSaved) as caught:
+            conduct_experiment(rig, condition=condition, campaign="c", experiment_id="e2", data_root=str(disk),
+                               steps=steps)
+    assert caught.value.rescued_to is None and "nor to the rescue folder" in str(caught.value)
+    assert "'experiment_id': 'e2'" in caplog.text and "'PL_I':" in caplog.text
+    assert_rig_safe(rig)
