@@ -39,10 +39,12 @@ def ask_for_refill(campaign: str, reactors: int):
     def confirm(rig, need: RefillNeeded) -> bool:
         if reactors != 1 or not someone_can_answer():
             return False
-        text = (f"## Campaign `{campaign}`: refill syringes\n\n{need}\n\nThe pumps are stopped and the "
-                "heaters are in standby. Refill the listed syringes, then confirm; the campaign goes on with "
-                f"the same condition. Without an answer within {REFILL_WAIT_MIN:g} min the campaign stops "
-                "(run it again to resume).")
+        short = "\n".join(f"- **{pump}**: the next experiment needs {need_ul / 1000:.2f} mL, it holds "
+                          f"{have_ul / 1000:.2f} mL" for pump, (need_ul, have_ul) in sorted(need.short.items()))
+        text = (f"## Campaign `{campaign}`: refill syringes\n\n{short}\n\nThe pumps are stopped and the "
+                "heaters are in standby. Refill these syringes, then submit with *Refilled* on: the campaign "
+                "goes on with the same condition. Submit with *Refilled* off to stop the campaign; without an "
+                f"answer within {REFILL_WAIT_MIN:g} min it stops too. Run it again with the same name to resume.")
         answer = pause_for(RefillConfirmation, text, REFILL_WAIT_MIN, f"refill-{uuid.uuid4().hex[:8]}",
                            refilled=True)
         if answer is None or not answer.refilled:
