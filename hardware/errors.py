@@ -12,6 +12,20 @@ class SdflError(Exception):
     """Base class of every sdfl error."""
 
 
+def did_you_mean(name: object, choices) -> str:
+    """" (did you mean 'FWHM_nm'?)" when `name` is close to one of `choices`, else ""."""
+    import difflib
+
+    if not isinstance(name, str):
+        return ""
+    options = [str(c) for c in choices]
+    folded = {c.lower(): c for c in options}
+    close = difflib.get_close_matches(name.lower(), list(folded), n=1, cutoff=0.6)
+    if not close:  # a prefix ("FWHM" for "FWHM_nm") is as good a hint as a near spelling
+        close = [c for c in folded if c.startswith(name.lower()) and len(name) >= 2][:1]
+    return f" (did you mean {folded[close[0]]!r}?)" if close and folded[close[0]] != name else ""
+
+
 # --- bad input -------------------------------------------------------------------------
 
 
