@@ -196,8 +196,9 @@ def _timed_steps(steps, timers: _Timers):
 class _Instrument:
     """Times the sampler and the experiment inside `flows.campaign_loop.run_campaign` (this process only).
 
-    `samplers.make_sampler` and `flows.campaign_loop.conduct_experiment` are wrapped for the duration
-    of a `with` block; nothing in the library is changed.
+    `samplers.build_sampler` (which every policy's sampler comes from) and
+    `flows.campaign_loop.conduct_experiment` are wrapped for the duration of a `with` block; nothing
+    in the library is changed.
     """
 
     def __init__(self, timers: _Timers):
@@ -207,12 +208,12 @@ class _Instrument:
         import flows.campaign_loop as campaign_module
         from tasks import samplers
 
-        self._saved = (samplers.make_sampler, campaign_module.conduct_experiment)
-        make_sampler, conduct = self._saved
+        self._saved = (samplers.build_sampler, campaign_module.conduct_experiment)
+        build_sampler, conduct = self._saved
         timers = self.timers
 
-        def timed_make_sampler(*args, **kwargs):
-            sampler = make_sampler(*args, **kwargs)
+        def timed_build_sampler(*args, **kwargs):
+            sampler = build_sampler(*args, **kwargs)
             inner = sampler.sample_relative
 
             def sample_relative(study, trial, search_space):
@@ -232,7 +233,7 @@ class _Instrument:
             finally:
                 timers.experiment += time.perf_counter() - t0
 
-        samplers.make_sampler = timed_make_sampler
+        samplers.build_sampler = timed_build_sampler
         campaign_module.conduct_experiment = timed_conduct
         return self
 
@@ -240,7 +241,7 @@ class _Instrument:
         import flows.campaign_loop as campaign_module
         from tasks import samplers
 
-        samplers.make_sampler, campaign_module.conduct_experiment = self._saved
+        samplers.build_sampler, campaign_module.conduct_experiment = self._saved
         return False
 
 

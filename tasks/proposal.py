@@ -20,9 +20,10 @@ For several objectives folded into a desirability (target campaigns, `tasks/targ
 The acquisition is maximised over quasi-random candidates, local perturbations of the best
 observations, then a bounded L-BFGS polish. A batch of q points uses the kriging believer: each
 chosen point is added with its predicted mean (and raises the incumbent for EI) before the next
-is chosen, and no two points of a batch (or a batch and the running experiments) lie within
-1 % of the cube of each other. Every point goes through `feasible()` (the formulation rules)
-before it is returned.
+is chosen, and no proposed point lies within 1 % of the cube of a measured point, a running
+experiment or another point of its batch. Both `propose` and `propose_by_desirability` run this
+one loop (`_kriging_believer`) and differ only by the scoring step they pass in. Every point goes
+through `feasible()` (the formulation rules) before it is returned.
 """
 
 from __future__ import annotations
@@ -149,6 +150,72 @@ def _maximise(score: Callable[[np.ndarray], np.ndarray], candidates: np.ndarray,
     raise RuntimeError("no feasible candidate: every candidate broke a formulation rule")
 
 
+@dataclass
+class _Surrogates:
+    """The surrogates of one proposal, one per modelled column, and the data they learn from:
+    the measured rows, any prior rows, and points believed at their predicted mean."""
+
+    models: list
+    X: np.ndarray
+    Y: np.ndarray
+    """(n, k): one column per model."""
+
+    @classmethod
+    def fit(cls, models: list, X: np.ndarray, Y: np.ndarray) -> _Surrogates:
+        for j, model in enumerate(models):
+            model.fit(X, Y[:, j])
+        return cls(models, X, Y)
+
+    def posterior(self, U: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Means and standard deviations at U, each (n, k)."""
+        pairs = [model.predict(U) for model in self.models]
+        return np.column_stack([p[0] for p in pairs]), np.column_stack([p[1] for p in pairs])
+
+    def believe(self, points: np.ndarray) -> np.ndarray:
+        """Kriging believer: count `points` as observed at their predicted means and refit.
+        Returns those means (len(points), k)."""
+        believed = self.posterior(points)[0]
+        self.X, self.Y = np.vstack([self.X, points]), np.vstack([self.Y, believed])
+        for j, model in enumerate(self.models):
+            model.fit(self.X, self.Y[:, j])
+        return believed
+
+
+Scoring = Callable[[_Surrogates, np.ndarray, float], Callable[[np.ndarray], np.ndarray]]
+"""The scoring step of the loop: (surrogates, this round's candidates, incumbent) -> the score to
+maximise over unit-cube points (n, d) -> (n,)."""
+
+
+def _kriging_believer(surrogates: _Surrogates, scoring: Scoring, value: Callable[[np.ndarray], np.ndarray],
+                      best: float, *, q: int, measured: np.ndarray, pending: np.ndarray,
+                      rng: np.random.Generator, feasible: Callable[[np.ndarray], bool]) -> np.ndarray:
+    """`q` points, one at a time: each maximises the score, then counts as observed at its
+    predicted mean (raising the incumbent `best` if its `value` is higher) before the next.
+
+    No point comes closer than MIN_SEPARATION to a measured point, a running one (`pending`) or an
+    earlier point of the batch: that would be the same experiment twice (a flat score can peak
+    exactly on a measured point). `value(Y)` turns modelled rows (n, k) into the quantity the
+    incumbent and the local candidates are ranked by (n,).
+    """
+    d = surrogates.X.shape[1]
+    taken = [*measured, *pending]
+    points: list[np.ndarray] = []
+    for _ in range(q):
+        candidates = _candidates(surrogates.X, value(surrogates.Y), d, rng)
+        score = scoring(surrogates, candidates, best)
+
+        def new_and_feasible(u, taken=tuple(taken)):
+            return all(np.linalg.norm(u - t) > MIN_SEPARATION for t in taken) and feasible(u)
+
+        point = _maximise(score, candidates, new_and_feasible)
+        points.append(point)
+        taken.append(point)
+        if len(points) < q:
+            believed = surrogates.believe(point[None, :])
+            best = max(best, float(value(believed)[0]))
+    return np.array(points)
+
+
 def propose(
     policy: Policy,
     X: np.ndarray,
@@ -167,11 +234,14 @@ def propose(
 
     `pending`: points already running (treated as observed at their predicted mean).
     `prior`: extra (X, y) from an earlier campaign or a digital twin, used to train the
-    surrogate (knowledge transfer). `model`: a surrogate to warm-start from.
+    surrogate (knowledge transfer). `model`: a surrogate to warm-start from. No point comes
+    within 1 % of the cube of a measured or running one (`_kriging_believer`).
     """
     X, y = np.asarray(X, dtype=float), np.asarray(y, dtype=float)
     if X.ndim != 2 or len(X) != len(y):
         raise ValueError(f"X must be (n, d) with one y per row; got X {X.shape}, y {y.shape}")
+    if policy not in POLICIES:
+        raise ValueError(f"unknown policy {policy!r}; choose one of {POLICIES}")
     d = X.shape[1]
     rng = np.random.default_rng(seed)
     if policy == "random":
@@ -183,37 +253,41 @@ def propose(
         raise ValueError(f"policy {policy!r} needs at least 2 observations to train a surrogate (has "
                          f"{len(train_y)}); start with an initial design")
     model = model or make_surrogate(surrogate, seed)
-    model.fit(train_X, train_y)
-    if pending is not None and len(pending):
-        believed = model.predict(pending)[0]
-        train_X, train_y = np.vstack([train_X, pending]), np.concatenate([train_y, believed])
-        model.fit(train_X, train_y)
-    best = float(np.max(y)) if len(y) else float(np.max(train_y))
-    y_scale = float(np.ptp(train_y)) or 1.0
-    points: list[np.ndarray] = []
-    # Never the same experiment twice: not a running one, and not one already measured (a flat
-    # acquisition can peak exactly on an observed point, which would only repeat it).
-    taken = list(X) + ([] if pending is None else list(np.atleast_2d(pending)))
+    surrogates = _Surrogates.fit([model], train_X, train_y[:, None])
+    pending = _as_points(pending, d)
+    if len(pending):
+        surrogates.believe(pending)
+    best = float(np.max(y)) if len(y) else float(np.max(surrogates.Y))
+    y_scale = float(np.ptp(surrogates.Y)) or 1.0
     reference = qmc.Sobol(d=d, seed=rng).random(N_REFERENCE) if policy == "ivr" else None
-    for _ in range(q):
-        def score(U, model=model, best=best):
-            if policy == "ivr":
-                return variance_reduction(model, U, reference)
+    scoring = _acquisition_scoring(policy, y_scale, settings, reference)
+    points = _kriging_believer(surrogates, scoring, lambda Y: Y[:, 0], best, q=q, measured=X, pending=pending,
+                               rng=rng, feasible=feasible)
+    return points, model
+
+
+def _acquisition_scoring(policy: Policy, y_scale: float, settings: PolicySettings,
+                         reference: np.ndarray | None) -> Scoring:
+    """The scoring step of `propose`: the policy's acquisition on the one surrogate."""
+    def scoring(surrogates: _Surrogates, candidates: np.ndarray, best: float):
+        model = surrogates.models[0]
+        if policy == "ivr":
+            return lambda U: variance_reduction(model, U, reference)
+
+        def score(U):
             mean, sd = model.predict(U)
             return acquisition(policy, mean, sd, best, y_scale, settings)
 
-        def new_and_feasible(u, taken=tuple(taken)):
-            return all(np.linalg.norm(u - t) > MIN_SEPARATION for t in taken) and feasible(u)
+        return score
 
-        point = _maximise(score, _candidates(train_X, train_y, d, rng), new_and_feasible)
-        points.append(point)
-        taken.append(point)
-        if len(points) < q:  # kriging believer: the chosen point counts as observed at its mean
-            believed = model.predict(point[None, :])[0]
-            best = max(best, float(believed[0]))
-            train_X, train_y = np.vstack([train_X, point]), np.concatenate([train_y, believed])
-            model.fit(train_X, train_y)
-    return np.array(points), model
+    return scoring
+
+
+def _as_points(pending, d: int) -> np.ndarray:
+    """Running experiments as an (n, d) array (n may be 0)."""
+    if pending is None or not len(pending):
+        return np.empty((0, d))
+    return np.atleast_2d(np.asarray(pending, dtype=float))
 
 
 def random_points(d: int, q: int, rng: np.random.Generator,
@@ -266,8 +340,9 @@ def propose_by_desirability(
     improvement of the desirability over the best one at the observed points (by the surrogates'
     means: measurements are noisy); where no candidate can improve
     it, the expected desirability; where that is 0 everywhere, the smallest expected shortfall
-    (towards the acceptable ranges). Batches and running experiments are handled as in
-    `propose` (kriging believer on every surrogate, 1 % separation, `feasible()` on every point).
+    (towards the acceptable ranges). Batches, running and measured experiments are handled by the
+    loop `propose` uses (`_kriging_believer`: kriging believer on every surrogate, 1 % separation
+    from measured, running and batch points, `feasible()` on every point).
     """
     X, Y = np.asarray(X, dtype=float), np.asarray(Y, dtype=float)
     if X.ndim != 2 or Y.ndim != 2 or len(X) != len(Y):
@@ -277,40 +352,33 @@ def propose_by_desirability(
     if len(Y) < 2:
         raise ValueError(f"a desirability policy needs at least 2 observations to train its surrogates (has "
                          f"{len(Y)}); start with an initial design")
-    train_X, train_Y = X, Y
-    models = [make_surrogate(surrogate, seed + j).fit(train_X, train_Y[:, j]) for j in range(k)]
-    if pending is not None and len(pending):
-        believed = np.column_stack([m.predict(pending)[0] for m in models])
-        train_X, train_Y = np.vstack([train_X, pending]), np.vstack([train_Y, believed])
-        models = [m.fit(train_X, train_Y[:, j]) for j, m in enumerate(models)]
+    surrogates = _Surrogates.fit([make_surrogate(surrogate, seed + j) for j in range(k)], X, Y)
+    pending = _as_points(pending, d)
+    if len(pending):
+        surrogates.believe(pending)
     draws = rng.standard_normal((samples, k))
     # the incumbent: the best desirability of the surrogates' means at the observed points, not of the
     # noisy measurements (a lucky noisy measurement would otherwise hold EI at one spot)
-    best = float(np.max(desirability(np.column_stack([m.predict(X)[0] for m in models]))))
-    points: list[np.ndarray] = []
-    taken = [] if pending is None else list(np.atleast_2d(pending))
-    for _ in range(q):
-        def posterior(U, models=models):
-            pairs = [m.predict(U) for m in models]
-            return np.column_stack([p[0] for p in pairs]), np.column_stack([p[1] for p in pairs])
+    best = float(np.max(desirability(surrogates.posterior(X)[0])))
+    scoring = _desirability_scoring(desirability, draws)
+    points = _kriging_believer(surrogates, scoring, desirability, best, q=q, measured=X, pending=pending, rng=rng,
+                               feasible=feasible)
+    return points, surrogates.models
 
-        candidates = _candidates(train_X, desirability(train_Y), d, rng)
-        gain, expected, shortfall = expected_desirability_gain(*posterior(candidates), desirability, best, draws)
+
+def _desirability_scoring(desirability, draws: np.ndarray) -> Scoring:
+    """The scoring step of `propose_by_desirability`. Each round picks what to maximise from its
+    candidates: the expected gain of desirability; where no candidate can gain, the expected
+    desirability; where that is 0 everywhere, minus the expected shortfall."""
+    def scoring(surrogates: _Surrogates, candidates: np.ndarray, best: float):
+        gain, expected, _ = expected_desirability_gain(*surrogates.posterior(candidates), desirability, best,
+                                                       draws)
         which = 0 if gain.max() > 0 else 1 if expected.max() > 0 else 2
 
-        def score(U, which=which, best=best, posterior=posterior):
-            parts = expected_desirability_gain(*posterior(U), desirability, best, draws)
+        def score(U):
+            parts = expected_desirability_gain(*surrogates.posterior(U), desirability, best, draws)
             return -parts[2] if which == 2 else parts[which]
 
-        def new_and_feasible(u, taken=tuple(taken)):
-            return all(np.linalg.norm(u - t) > MIN_SEPARATION for t in taken) and feasible(u)
+        return score
 
-        point = _maximise(score, candidates, new_and_feasible)
-        points.append(point)
-        taken.append(point)
-        if len(points) < q:  # kriging believer on every surrogate
-            believed = np.column_stack([m.predict(point[None, :])[0] for m in models])
-            best = max(best, float(desirability(believed)[0]))
-            train_X, train_Y = np.vstack([train_X, point]), np.vstack([train_Y, believed])
-            models = [m.fit(train_X, train_Y[:, j]) for j, m in enumerate(models)]
-    return np.array(points), models
+    return scoring

@@ -1,12 +1,18 @@
 """Samplers: the campaign policies as Optuna samplers, next to Optuna's own as peers.
 
-`PolicySampler` runs the paper's policies (MV, EI, UCB, EPLT, random, and IVR) on a surrogate
-trained on the study's completed trials; `TargetSampler` runs a target campaign's policies on
-its multi-objective study. Running trials are pending points (kriging believer), and enqueued
-trials (the initial design, reruns) are left alone.
+The policies a campaign offers are declared once, in `tasks.choices` (light, so the command line
+and the forms can list them without numpy or Optuna); this module builds the sampler behind each
+name (`build_sampler`). `PolicySampler` runs the surrogate policies of `tasks.proposal` (EI, UCB,
+EPLT, MV, IVR, random) on a single-objective study; `TargetSampler` runs desirability-EI on a
+target campaign's multi-objective study. Both are `ProposalSampler`s: running trials are pending
+points (kriging believer), and enqueued trials (the initial design, reruns) are left alone.
 """
 
 from __future__ import annotations
+
+import abc
+from collections.abc import Callable
+from typing import get_args
 
 import numpy as np
 import optuna
@@ -15,12 +21,18 @@ from optuna.trial import TrialState
 
 from hardware.errors import SdflInputError
 from hardware.platform import PlatformConfig
+from tasks import choices
+from tasks.choices import Policy, policy_help, policy_names, resolve_policy  # noqa: F401  (the registry)
 from tasks.ledger import distributions, observations, target_observations
 from tasks.proposal import POLICIES, PolicySettings, propose, propose_by_desirability, random_points
 from tasks.surrogate import SurrogateKind, from_unit, to_unit
 
-SAMPLERS = (*POLICIES, "tpe", "gp")
-TARGET_SAMPLERS = ("desirability-ei", "random", "tpe")
+FAMILIES: tuple[str, ...] = get_args(choices.Family)
+"""The kinds of campaign: optimize, explore, target."""
+DEFAULT_POLICY: dict[str, str] = {family: policy_names(family)[0] for family in FAMILIES}
+SAMPLERS: tuple[str, ...] = policy_names("optimize")
+"""Every policy of a single-objective campaign (an explore campaign offers some of them)."""
+TARGET_SAMPLERS: tuple[str, ...] = policy_names("target")
 
 
 def trial_seed(campaign_seed: int, trial_number: int) -> int:
@@ -29,25 +41,27 @@ def trial_seed(campaign_seed: int, trial_number: int) -> int:
     return int(np.random.SeedSequence([campaign_seed, trial_number]).generate_state(1)[0]) % 2**31
 
 
-class PolicySampler(BaseSampler):
-    """The paper's policies (MV, EI, UCB, EPLT, random) as an Optuna sampler.
+class ProposalSampler(BaseSampler):
+    """What our policy samplers share; a subclass only says how to pick the next point (`pick`).
 
-    Trains the surrogate on the study's completed trials (plus prior data, if any), treats
-    running trials as pending (kriging believer) and proposes one point per trial. Enqueued
-    trials (the initial design) are left alone.
+    The search space is the platform's parameters. Enqueued trials (the initial design, reruns:
+    they carry fixed_params) are left alone, running trials are passed to `pick` as pending
+    unit-cube points, and any parameter outside the relative space is drawn at random.
     """
 
-    def __init__(self, platform: PlatformConfig, policy: str, surrogate: SurrogateKind = "gp", seed: int = 0,
-                 prior: tuple[np.ndarray, np.ndarray] | None = None, settings: PolicySettings = PolicySettings(),
-                 feasible=None):
-        if policy not in POLICIES:
-            raise SdflInputError(f"unknown policy {policy!r}; choose one of {SAMPLERS}")
-        self.platform, self.policy, self.surrogate, self.seed = platform, policy, surrogate, seed
-        self.prior, self.settings = prior, settings
+    def __init__(self, platform: PlatformConfig, seed: int = 0, feasible=None):
+        self.platform, self.seed = platform, seed
         self.feasible = feasible or (lambda u: True)
         self._fallback = RandomSampler(seed=seed)
-        self._model = None
-        self.last_model = None
+
+    @abc.abstractmethod
+    def pick(self, study: optuna.Study, trial, pending: np.ndarray) -> np.ndarray:
+        """The next condition as a unit-cube point (d,); `pending` (n, d) holds the running ones."""
+
+    def random_point(self, trial) -> np.ndarray:
+        """A uniform random unit-cube point that keeps the rules, from this trial's own stream."""
+        rng = np.random.default_rng(trial_seed(self.seed, trial.number))
+        return random_points(len(self.platform.parameters), 1, rng, self.feasible)[0]
 
     def infer_relative_search_space(self, study, trial):
         return distributions(self.platform)
@@ -55,101 +69,147 @@ class PolicySampler(BaseSampler):
     def sample_relative(self, study, trial, search_space):
         if not search_space or "fixed_params" in trial.system_attrs:
             return {}
-        X, y = observations(study, self.platform)
-        has_prior = self.prior is not None and len(self.prior[1]) >= 2
-        policy = self.policy
-        if policy != "random" and len(y) < 2 and not has_prior:
-            policy = "random"  # not enough to train on yet: a random point that keeps the rules
-        running = [t for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
-                   if t.number != trial.number and t.params]
-        pending = to_unit(self.platform, [[t.params[n] for n in self.platform.parameter_names] for t in running]) \
-            if running else None
-        points, model = propose(policy, to_unit(self.platform, X) if len(y) else np.empty((0, len(search_space))),
-                                y, surrogate=self.surrogate, seed=trial_seed(self.seed, trial.number), pending=pending,
-                                prior=self.prior, feasible=self.feasible, settings=self.settings, model=self._model)
-        if model is not None:
-            self._model = self.last_model = model
-        values = from_unit(self.platform, points[0])
+        values = from_unit(self.platform, self.pick(study, trial, self._pending(study, trial)))
         return {name: float(v) for name, v in zip(self.platform.parameter_names, values)}
 
     def sample_independent(self, study, trial, param_name, param_distribution):
         return self._fallback.sample_independent(study, trial, param_name, param_distribution)
 
+    def _pending(self, study, trial) -> np.ndarray:
+        """The other running trials' conditions as unit-cube points (n, d)."""
+        names = self.platform.parameter_names
+        running = [t for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+                   if t.number != trial.number and t.params]
+        if not running:
+            return np.empty((0, len(names)))
+        return to_unit(self.platform, [[t.params[n] for n in names] for t in running])
 
-class TargetSampler(BaseSampler):
-    """Our policies for a target campaign (multi-objective study) as an Optuna sampler.
 
-    "desirability-ei": one surrogate each for the peak (nm), the quality and the FWHM, trained
-    on the completed trials; the next condition maximises the expected improvement of the
-    target's desirability (`tasks.proposal.propose_by_desirability`). "random": a uniform random
-    point that keeps the rules. Running trials are pending; enqueued trials are left alone.
+class PolicySampler(ProposalSampler):
+    """The surrogate policies of `tasks.proposal` (MV, IVR, EI, UCB, EPLT, random) on a study.
+
+    Trains the surrogate on the study's completed trials (plus prior data, if any) and proposes
+    one point per trial; a random point that keeps the rules until there are two observations.
+    """
+
+    def __init__(self, platform: PlatformConfig, policy: str, surrogate: SurrogateKind = "gp", seed: int = 0,
+                 prior: tuple[np.ndarray, np.ndarray] | None = None,
+                 settings: PolicySettings = PolicySettings(), feasible=None):
+        if policy not in POLICIES:
+            raise SdflInputError(f"unknown policy {policy!r} for PolicySampler; choose one of "
+                                 f"{list(POLICIES)} (build_sampler builds Optuna's own samplers)")
+        super().__init__(platform, seed, feasible)
+        self.policy, self.surrogate, self.prior, self.settings = policy, surrogate, prior, settings
+        self._model = None
+        self.last_model = None
+
+    def pick(self, study, trial, pending):
+        if self.policy == "random":
+            return self.random_point(trial)
+        X, y = observations(study, self.platform)
+        has_prior = self.prior is not None and len(self.prior[1]) >= 2
+        if len(y) < 2 and not has_prior:
+            return self.random_point(trial)  # not enough to train on yet
+        U = to_unit(self.platform, X) if len(y) else np.empty((0, len(self.platform.parameters)))
+        points, model = propose(self.policy, U, y, surrogate=self.surrogate,
+                                seed=trial_seed(self.seed, trial.number), pending=pending, prior=self.prior,
+                                feasible=self.feasible, settings=self.settings, model=self._model)
+        self._model = self.last_model = model
+        return points[0]
+
+
+class TargetSampler(ProposalSampler):
+    """Desirability-EI for a target campaign (multi-objective study).
+
+    One surrogate each for the peak (nm), the quality and the FWHM, trained on the completed
+    trials; the next condition maximises the expected improvement of the target's desirability
+    (`tasks.proposal.propose_by_desirability`). A random point that keeps the rules until there
+    are two observations (or always, for policy "random").
     """
 
     def __init__(self, platform: PlatformConfig, objective, policy: str = "desirability-ei",
                  surrogate: SurrogateKind = "gp", seed: int = 0, feasible=None):
-        if policy not in TARGET_SAMPLERS or policy == "tpe":
-            raise SdflInputError(f"unknown target policy {policy!r}; choose one of {TARGET_SAMPLERS}")
-        self.platform, self.objective, self.policy = platform, objective, policy
-        self.surrogate, self.seed = surrogate, seed
-        self.feasible = feasible or (lambda u: True)
-        self._fallback = RandomSampler(seed=seed)
+        if policy not in ("desirability-ei", "random"):
+            raise SdflInputError(f"unknown policy {policy!r} for TargetSampler; "
+                                 "choose 'desirability-ei' or 'random'")
+        super().__init__(platform, seed, feasible)
+        self.objective, self.policy, self.surrogate = objective, policy, surrogate
         self.last_models = None
 
-    def infer_relative_search_space(self, study, trial):
-        return distributions(self.platform)
-
-    def sample_relative(self, study, trial, search_space):
+    def pick(self, study, trial, pending):
         from tasks.targets import MeasuredDesirability, desirability_for, errors_from_peaks
 
-        if not search_space or "fixed_params" in trial.system_attrs:
-            return {}
+        if self.policy == "random":
+            return self.random_point(trial)
         X, Y = target_observations(study, self.platform)
-        # one independent stream per (campaign seed, trial): seed + trial would give seeds 1 and 2
-        # the same points one trial apart
-        rng_seed = trial_seed(self.seed, trial.number)
-        d = len(self.platform.parameters)
-        if self.policy == "random" or len(Y) < 2:
-            point = random_points(d, 1, np.random.default_rng(rng_seed), self.feasible)[0]
-        else:
-            running = [t for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
-                       if t.number != trial.number and t.params]
-            pending = to_unit(self.platform, [[t.params[n] for n in self.platform.parameter_names]
-                                              for t in running]) if running else None
-            target = self.objective.target
-            desirability = MeasuredDesirability(desirability_for(target, errors_from_peaks(Y, target)), target)
-            points, self.last_models = propose_by_desirability(
-                to_unit(self.platform, X), Y, desirability, surrogate=self.surrogate, seed=rng_seed,
-                pending=pending, feasible=self.feasible)
-            point = points[0]
-        values = from_unit(self.platform, point)
-        return {name: float(v) for name, v in zip(self.platform.parameter_names, values)}
-
-    def sample_independent(self, study, trial, param_name, param_distribution):
-        return self._fallback.sample_independent(study, trial, param_name, param_distribution)
+        if len(Y) < 2:
+            return self.random_point(trial)
+        target = self.objective.target
+        desirability = MeasuredDesirability(desirability_for(target, errors_from_peaks(Y, target)), target)
+        points, self.last_models = propose_by_desirability(
+            to_unit(self.platform, X), Y, desirability, surrogate=self.surrogate,
+            seed=trial_seed(self.seed, trial.number), pending=pending, feasible=self.feasible)
+        return points[0]
 
 
-def make_target_sampler(name: str, platform: PlatformConfig, objective, surrogate: SurrogateKind, seed: int,
-                        feasible=None) -> BaseSampler:
-    """The sampler of a target campaign: ours, random, or Optuna's multi-objective TPE (which reads
-    the hard limits from the trials' constraints)."""
-    if name == "tpe":
-        return optuna.samplers.TPESampler(seed=seed, n_startup_trials=0, multivariate=True)
-    if name in TARGET_SAMPLERS:
-        return TargetSampler(platform, objective, name, surrogate, seed, feasible)
-    raise SdflInputError(f"unknown target policy {name!r}; choose one of {list(TARGET_SAMPLERS)}")
+# --- the sampler behind each policy name -----------------------------------------------------------
+
+
+def _surrogate_policy(name, platform, surrogate, seed, *, prior, settings, feasible, objective):
+    return PolicySampler(platform, name, surrogate, seed, prior, settings, feasible)
+
+
+def _desirability_policy(name, platform, surrogate, seed, *, prior, settings, feasible, objective):
+    if objective is None:
+        raise ValueError(f"policy {name!r} needs the target objective (objective=...)")
+    return TargetSampler(platform, objective, name, surrogate, seed, feasible)
+
+
+def _optuna_tpe(name, platform, surrogate, seed, *, prior, settings, feasible, objective):
+    """Optuna's TPE; on a target study it reads the hard limits from the trials' constraints."""
+    return optuna.samplers.TPESampler(seed=seed, n_startup_trials=0, multivariate=True)
+
+
+def _optuna_gp(name, platform, surrogate, seed, *, prior, settings, feasible, objective):
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        raise SdflInputError("policy 'gp' is Optuna's GPSampler, which needs torch: "
+                             "pip install 'sdfl[gp]' (or torch==2.13.0 from the local disk)") from None
+    return optuna.samplers.GPSampler(seed=seed, n_startup_trials=0)
+
+
+BUILDERS: dict[str, Callable[..., BaseSampler]] = {
+    **{name: _surrogate_policy for name in POLICIES},  # random too: the same draws in every kind of campaign
+    "desirability-ei": _desirability_policy,
+    "tpe": _optuna_tpe,
+    "gp": _optuna_gp,
+}
+"""How each declared policy (`tasks.choices.POLICIES`) becomes a sampler."""
+
+
+def build_sampler(policy: Policy | str, family: str, platform: PlatformConfig, surrogate: SurrogateKind,
+                  seed: int, *, prior: tuple[np.ndarray, np.ndarray] | None = None,
+                  settings: PolicySettings = PolicySettings(), feasible=None, objective=None) -> BaseSampler:
+    """The Optuna sampler that runs `policy` in a campaign of `family` (optimize, explore, target).
+
+    `prior` (unit-cube X, y) and `settings` (kappa, xi) serve the surrogate policies; a target
+    campaign passes its `objective` (a `TargetObjective`). Raises SdflInputError for a policy the
+    family does not offer, or for gp without torch.
+    """
+    policy = resolve_policy(policy if isinstance(policy, str) else policy.name, family)
+    return BUILDERS[policy.name](policy.name, platform, surrogate, seed, prior=prior, settings=settings,
+                                 feasible=feasible, objective=objective)
 
 
 def make_sampler(name: str, platform: PlatformConfig, surrogate: SurrogateKind, seed: int,
                  prior=None, settings: PolicySettings = PolicySettings(), feasible=None) -> BaseSampler:
-    if name in POLICIES:
-        return PolicySampler(platform, name, surrogate, seed, prior, settings, feasible)
-    if name == "tpe":
-        return optuna.samplers.TPESampler(seed=seed, n_startup_trials=0, multivariate=True)
-    if name == "gp":
-        try:
-            import torch  # noqa: F401
-        except ImportError:
-            raise SdflInputError("policy 'gp' is Optuna's GPSampler, which needs torch: "
-                                 "pip install 'sdfl[gp]' (or torch==2.13.0 from the local disk)") from None
-        return optuna.samplers.GPSampler(seed=seed, n_startup_trials=0)
-    raise SdflInputError(f"unknown policy {name!r}; choose one of {SAMPLERS}")
+    """The sampler of a single-objective campaign: any policy of `SAMPLERS`."""
+    return build_sampler(name, "optimize", platform, surrogate, seed, prior=prior, settings=settings,
+                         feasible=feasible)
+
+
+def make_target_sampler(name: str, platform: PlatformConfig, objective, surrogate: SurrogateKind, seed: int,
+                        feasible=None) -> BaseSampler:
+    """The sampler of a target campaign: desirability-EI, Optuna's multi-objective TPE, or random."""
+    return build_sampler(name, "target", platform, surrogate, seed, feasible=feasible, objective=objective)

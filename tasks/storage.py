@@ -22,7 +22,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import re
 import shutil
 import socket
 import time
@@ -38,6 +37,7 @@ from prefect.cache_policies import NO_CACHE
 
 from hardware.errors import DataRootUnusable, RecordNotSaved, SdflInputError
 from hardware.platform import PlatformConfig
+from tasks.names import check_name  # noqa: F401 - part of the storage API
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +49,6 @@ MIN_FREE_BYTES = 64 * 2**20
 takes well under 1 MB; the margin covers other writers)."""
 STALE_TMP_S = 24 * 3600.0
 """A temporary file of another host older than this is a leftover of a killed writer."""
-_SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 
 STATUS = ("completed", "failed", "cancelled", "crashed")
 
@@ -121,15 +120,6 @@ def experiment_schema(platform: PlatformConfig, feature_columns: list[str]) -> p
     fields += RUN_FIELDS
     fields += feature_fields(feature_columns)
     return pa.schema(fields)
-
-
-def check_name(kind: str, value: str) -> str:
-    if not isinstance(value, str) or not _SAFE_NAME.match(value):
-        raise SdflInputError(
-            f"{kind} {value!r} is not a safe name: use letters, digits, '_', '-' or '.', "
-            "starting with a letter or digit, at most 128 characters"
-        )
-    return value
 
 
 def data_root(root: str | os.PathLike | None = None) -> Path:

@@ -374,10 +374,10 @@ def test_policy_sampler_keeps_to_the_formulation_rules():
 
 
 def test_unknown_sampler_lists_the_choices():
-    with pytest.raises(SdflInputError, match="unknown policy 'nope'") as error:
+    with pytest.raises(SdflInputError, match="policy 'nope'") as error:
         make_sampler("nope", PLATFORM, "gp", seed=0)
     for choice in SAMPLERS:
-        assert repr(choice) in str(error.value)
+        assert choice in str(error.value)
     with pytest.raises(SdflInputError, match="unknown policy"):
         PolicySampler(PLATFORM, "tpe")  # Optuna's own samplers come from make_sampler
 
