@@ -15,18 +15,25 @@ import contextlib
 import uuid
 from typing import Any
 
-from flows import parameters as P
 from flows.campaign_loop import (  # noqa: F401 - the campaign API, importable from here
     CampaignPlan,
     CampaignState,
+    check_campaign,
     directions,
     run_campaign,
     target_vectors,
     validate,
 )
 from flows.operator import RefillConfirmation, pause_for, perform_refill, someone_can_answer
-from hardware.errors import RefillNeeded, SdflInputError
-from tasks import ledger, storage, targets
+from flows.settings import (
+    CampaignSettings,
+    ExploreSettings,
+    OptimizeSettings,
+    SeekTargetSettings,
+    settings_flow,
+)
+from hardware.errors import RefillNeeded
+from tasks import ledger, storage
 
 REFILL_WAIT_MIN = 60.0
 """How long a campaign waits for an operator to confirm a refill before it stops (it resumes
@@ -55,8 +62,7 @@ def ask_for_refill(campaign: str, reactors: int):
     return confirm
 
 
-def _campaign_flow(plan: CampaignPlan, platform_name: str, seed_rig: int | None, explain_model: bool,
-                   reactors: int = 1, remote_reactors: list[str] | None = None) -> dict:
+def _campaign_flow(settings: CampaignSettings, explain_model: bool) -> dict:
     from prefect import get_run_logger
     from prefect.artifacts import create_progress_artifact, update_progress_artifact
 
@@ -68,13 +74,10 @@ def _campaign_flow(plan: CampaignPlan, platform_name: str, seed_rig: int | None,
     from hardware.rig import open_rig
 
     log = get_run_logger()
-    config = load_platform(platform_name)
-    validate(plan, config)  # bad settings stop here, before the lock, the rig or the study is touched
-    if not isinstance(reactors, int) or isinstance(reactors, bool) or reactors < 1:
-        raise SdflInputError(f"reactors must be a whole number of at least 1, got {reactors!r}")
-    if reactors > 1 and config.platform.kind == "real":
-        raise SdflInputError("reactors > 1 runs copies of a virtual or emulated platform; real reactors are "
-                             "separate platforms, each with its own deployment")
+    config = load_platform(settings.platform)
+    plan = check_campaign(settings, config)  # bad settings stop here, before the lock, the rig or the study
+    reactors, seed_rig = settings.reactors, settings.seed
+    remote_reactors = getattr(settings, "remote_reactors", None)
     remote = [DeploymentReactor(name, config).checked() for name in remote_reactors or []]
     storage.check_data_root(plan.data_root, plan.campaign)
     progress = create_progress_artifact(progress=0.0, description=f"campaign {plan.campaign}: experiments done")
@@ -125,105 +128,32 @@ def _repairs(state: CampaignState, campaign: str) -> dict:
     return out
 
 
-def _flow(name: str):
-    from prefect import flow
-
-    return flow(name=name)
-
-
-@_flow("optimize")
-def optimize(
-    campaign: P.CampaignName,
-    platform: P.PlatformName = "virtual-cs3cu2i5",
-    objective: P.Objective = "PL_I",
-    policy: P.OptimizePolicy = "ei",
-    budget: P.Budget = 30,
-    initial: P.Initial = 9,
-    surrogate: P.Surrogate = "gp",
-    prior_campaign: P.PriorCampaign = None,
-    prior_model: P.PriorModel = None,
-    in_flight: P.InFlightPolicy = "fail",
-    kappa: P.Kappa = 2.0,
-    seed: P.Seed = 0,
-    data_root: P.DataRoot = None,
-    storage: P.OptunaStorage = None,
-    explain: P.Explain = True,
-    reactors: P.Reactors = 1,
-    remote_reactors: P.RemoteReactors = None,
-) -> dict[str, Any]:
-    """Maximise `objective` (a feature such as PL_I, or a formula of features) within `budget`
-    experiments: `initial` Latin-hypercube points, then `policy`. Running it again with the same
-    campaign name resumes it. `reactors` > 1 runs that many copies of a virtual or emulated
-    platform at once, one experiment each (a batch of distinct proposals); `remote_reactors`
-    adds reactors on other machines by their run-experiment deployments (same space, shared data
-    root)."""
-    plan = CampaignPlan(campaign=campaign, objective=objective, policy=policy, budget=budget, initial=initial,
-                        surrogate=surrogate, seed=seed, prior_campaign=prior_campaign, prior_model=prior_model,
-                        in_flight=in_flight, kappa=kappa, storage=storage, data_root=data_root)
-    return _campaign_flow(plan, platform, seed, explain, reactors, remote_reactors)
+@settings_flow(OptimizeSettings)
+def optimize(settings: OptimizeSettings) -> dict[str, Any]:
+    """Maximise an objective (a feature such as PL_I, or a formula of features) within a budget
+    of experiments: Latin-hypercube points first, then the policy. Running it again with the same
+    campaign name resumes it. More than one reactor runs that many copies of a virtual or
+    emulated platform at once, one experiment each (a batch of distinct proposals); remote
+    reactors are other machines' run-experiment deployments (same space, shared data root)."""
+    return _campaign_flow(settings, settings.explain)
 
 
-@_flow("explore")
-def explore(
-    campaign: P.CampaignName,
-    platform: P.PlatformName = "virtual-cs3cu2i5",
-    objective: P.Objective = "PL_I",
-    target_r2: P.TargetR2 = 0.8,
-    budget: P.Budget = 60,
-    initial: P.Initial = 9,
-    policy: P.ExplorePolicy = "ivr",
-    surrogate: P.Surrogate = "gp",
-    check_every: P.CheckEvery = 5,
-    in_flight: P.InFlightPolicy = "fail",
-    seed: P.Seed = 0,
-    data_root: P.DataRoot = None,
-    storage: P.OptunaStorage = None,
-    explain: P.Explain = True,
-    reactors: P.Reactors = 1,
-) -> dict[str, Any]:
+@settings_flow(ExploreSettings)
+def explore(settings: ExploreSettings) -> dict[str, Any]:
     """Build a digital twin: Latin-hypercube points, then an exploration policy (integrated
-    variance reduction by default; the paper's maximum variance with policy="mv"), until the
-    surrogate's held-out R^2 reaches `target_r2` (checked every `check_every` experiments) or the
-    budget ends.
-    The trained model is saved under the campaign folder for use as a prior (`prior_model`)."""
-    plan = CampaignPlan(campaign=campaign, objective=objective, policy=policy, budget=budget, initial=initial,
-                        surrogate=surrogate, seed=seed, in_flight=in_flight, target_r2=target_r2,
-                        check_every=check_every, storage=storage, data_root=data_root)
-    return _campaign_flow(plan, platform, seed, explain, reactors)
+    variance reduction by default; the paper's maximum variance with policy mv), until the
+    surrogate's held-out R^2 reaches the target (checked every few experiments) or the budget
+    ends. The trained model is saved under the campaign folder for use as a prior."""
+    return _campaign_flow(settings, settings.explain)
 
 
-@_flow("seek-target")
-def seek_target(
-    campaign: P.CampaignName,
-    platform: P.PlatformName = "virtual-cs3cu2i5",
-    target_peak_nm: P.TargetPeakNm = None,
-    target_peak_ev: P.TargetPeakEv = None,
-    tolerance_nm: P.ToleranceNm = 2.0,
-    max_fwhm_nm: P.MaxFwhmNm = None,
-    quality: P.Quality = targets.DEFAULT_QUALITY,
-    policy: P.TargetPolicy = "desirability-ei",
-    budget: P.Budget = 30,
-    initial: P.Initial = 6,
-    patience: P.Patience = 5,
-    surrogate: P.Surrogate = "gp",
-    in_flight: P.InFlightPolicy = "fail",
-    seed: P.Seed = 0,
-    data_root: P.DataRoot = None,
-    storage: P.OptunaStorage = None,
-    reactors: P.Reactors = 1,
-    remote_reactors: P.RemoteReactors = None,
-) -> dict[str, Any]:
-    """Reach a target emission peak (`target_peak_nm`, or `target_peak_ev`) within `tolerance_nm`
-    with the highest `quality` (by default the platform's relative PLQY, `[features] plqy_proxy`)
-    and the narrowest FWHM at once, as the Artificial Chemist did. The Optuna study is multi-objective (peak error, quality, FWHM);
-    a desirability (0-1) ranks the experiments. Stops at the budget, or once an experiment is on
-    target (peak within tolerance, FWHM <= `max_fwhm_nm` if given) and `patience` experiments
-    after the best on-target one did not beat it. Returns the best condition by desirability
-    and the Pareto front; publishes the front as a table and a figure. Running it again with the
-    same campaign name resumes it."""
-    target = targets.make_target(target_peak_nm, target_peak_ev, tolerance_nm=tolerance_nm,
-                                 max_fwhm_nm=max_fwhm_nm, quality=quality)
-    plan = CampaignPlan(campaign=campaign, policy=policy, budget=budget, initial=initial, surrogate=surrogate,
-                        seed=seed, in_flight=in_flight, storage=storage, data_root=data_root, target=target,
-                        patience=patience)
-    return _campaign_flow(plan, platform, seed, False, reactors, remote_reactors)
+@settings_flow(SeekTargetSettings)
+def seek_target(settings: SeekTargetSettings) -> dict[str, Any]:
+    """Reach a target emission peak (in nm or eV) within a tolerance with the highest quality
+    (by default the platform's relative PLQY) and the narrowest FWHM at once. The Optuna study is
+    multi-objective (peak error, quality, FWHM); a desirability (0-1) ranks the experiments.
+    Stops at the budget, or once an experiment is on target and `patience` experiments after the
+    best on-target one did not beat it. Returns the best condition by desirability and the Pareto
+    front, published as a table and a figure. Running it again with the same campaign name
+    resumes it."""
+    return _campaign_flow(settings, False)

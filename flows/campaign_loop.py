@@ -20,12 +20,14 @@ import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 from optuna.trial import TrialState
 
+from flows import settings
 from flows.experiment import Steps, conduct_experiment
+from flows.settings import ExploreSettings, OptimizeSettings
 from hardware.errors import (
     DataRootUnusable,
     FatalInstrumentError,
@@ -35,40 +37,46 @@ from hardware.errors import (
     SdflInputError,
 )
 from hardware.rig import Rig
-from tasks import features, formulation, ledger, samplers, storage, targets
+from tasks import choices, features, formulation, ledger, storage, targets
+from tasks.choices import InFlight, SurrogateKind
 from tasks.objective import Objective, parse_objective
 from tasks.proposal import PolicySettings, design_conditions
 from tasks.records import experiment_row, now_utc
-from tasks.surrogate import SurrogateKind, from_unit, load_model, to_unit
+from tasks.surrogate import from_unit, load_model, to_unit
 
 ConfirmRefill = Callable[[Rig, RefillNeeded], bool]
 """Asked when a reactor's syringes run short: True once they were refilled (the loop goes on)."""
-InFlight = Literal["fail", "rerun"]
+
+
+def _default(name: str, model=OptimizeSettings):
+    """A setting's default, as the campaign flows declare it."""
+    return model.model_fields[name].default
 
 
 @dataclass
 class CampaignPlan:
-    """What a campaign should do. Checked by `validate` before anything starts."""
+    """What a campaign should do, for Python callers and the flows alike. Checked by `validate`
+    before anything starts. The defaults are the optimize flow's."""
 
     campaign: str
-    objective: str = "PL_I"
-    policy: str = "ei"
-    budget: int = 30
-    initial: int = 9
-    surrogate: SurrogateKind = "gp"
-    seed: int = 0
+    objective: str = _default("objective")
+    policy: str = _default("policy")
+    budget: int = _default("budget")
+    initial: int = _default("initial")
+    surrogate: SurrogateKind = _default("surrogate")
+    seed: int = _default("seed")
     prior_campaign: str | None = None
     prior_model: str | None = None
-    in_flight: InFlight = "fail"
+    in_flight: InFlight = _default("in_flight")
     target_r2: float | None = None
-    check_every: int = 5
-    kappa: float = 2.0
+    check_every: int = _default("check_every", ExploreSettings)
+    kappa: float = _default("kappa")
     xi: float = 0.01
     storage: str | None = None
     data_root: str | None = None
     target: targets.Target | None = None
     """A target campaign: the study is multi-objective (peak error, quality, FWHM) and `objective`
-    is not used; policies from `samplers.TARGET_SAMPLERS`."""
+    is not used; policies from `tasks.choices.policies("target")`."""
     patience: int | None = None
     """Target campaigns: stop once an experiment is on target and this many experiments after the
     best on-target one did not beat it (None: run the whole budget)."""
@@ -92,30 +100,56 @@ class CampaignState:
     """(file, where it went, why) for damaged or foreign files moved out of the campaign's folders."""
 
 
+def family_of(plan: CampaignPlan) -> str:
+    """The kind of campaign a plan describes: "target", or "optimize" (which offers every policy)."""
+    return "target" if plan.target is not None else "optimize"
+
+
+def plan_from(settings) -> CampaignPlan:
+    """The plan of a campaign flow's settings (`flows.settings.CampaignSettings`)."""
+    target = None
+    if settings.family == "target":
+        quality = settings.quality
+        target = targets.make_target(settings.target_peak_nm, settings.target_peak_ev,
+                                     tolerance_nm=settings.tolerance_nm, max_fwhm_nm=settings.max_fwhm_nm,
+                                     **({} if quality is None else {"quality": quality}))
+    return CampaignPlan(
+        campaign=settings.campaign, objective=getattr(settings, "objective", "PL_I"), policy=settings.policy,
+        budget=settings.budget, initial=settings.initial, surrogate=settings.surrogate, seed=settings.seed,
+        prior_campaign=getattr(settings, "prior_campaign", None), prior_model=getattr(settings, "prior_model", None),
+        in_flight=settings.in_flight, target_r2=getattr(settings, "target_r2", None),
+        check_every=getattr(settings, "check_every", CampaignPlan.check_every),
+        kappa=getattr(settings, "kappa", CampaignPlan.kappa), storage=settings.storage,
+        data_root=settings.data_root, target=target, patience=getattr(settings, "patience", None))
+
+
+def check_campaign(settings, platform) -> CampaignPlan:
+    """Every check of a campaign flow's settings that needs the platform; returns its plan."""
+    plan = plan_from(settings)
+    validate(plan, platform)
+    if settings.reactors > 1 and platform.platform.kind == "real":
+        raise SdflInputError("reactors > 1 runs copies of a virtual or emulated platform; real reactors are "
+                             "separate platforms, each with its own deployment")
+    return plan
+
+
 def validate(plan: CampaignPlan, platform) -> tuple[Objective | targets.TargetObjective,
                                                    tuple[np.ndarray, np.ndarray] | None]:
-    """Check every setting; raise SdflInputError naming the bad one. Nothing has started yet."""
+    """Check every setting; raise SdflInputError naming the bad one. Nothing has started yet.
+
+    The bounds of each setting are those of the campaign flows (`flows.settings`); Python
+    callers that build a plan by hand get the same checks here."""
     storage.check_name("campaign", plan.campaign)
-    choices = samplers.TARGET_SAMPLERS if plan.target is not None else samplers.SAMPLERS
-    if plan.policy not in choices:
-        kind = "target policy" if plan.target is not None else "policy"
-        raise SdflInputError(f"unknown {kind} {plan.policy!r}; choose one of {list(choices)}")
-    if not isinstance(plan.budget, int) or plan.budget <= 0:
-        raise SdflInputError(f"budget must be a positive number of experiments, got {plan.budget!r}")
-    if not 0 <= plan.initial <= plan.budget:
-        raise SdflInputError(f"initial design size must be between 0 and the budget ({plan.budget}), got {plan.initial}")
-    if plan.surrogate not in ("gp", "ensemble"):
-        raise SdflInputError(f"surrogate must be 'gp' or 'ensemble', got {plan.surrogate!r}")
-    if plan.target_r2 is not None and not 0 < plan.target_r2 < 1:
-        raise SdflInputError(f"target_r2 must be between 0 and 1, got {plan.target_r2}")
-    if plan.in_flight not in ("fail", "rerun"):
-        raise SdflInputError(f"in_flight must be 'fail' or 'rerun', got {plan.in_flight!r}")
-    if isinstance(plan.seed, bool) or not isinstance(plan.seed, int) or plan.seed < 0:
-        raise SdflInputError(f"seed must be a whole number of 0 or more, got {plan.seed!r}")
+    choices.resolve_policy(plan.policy, family_of(plan))
+    shared = {name: getattr(plan, name) for name in ("campaign", "budget", "initial", "surrogate", "in_flight",
+                                                      "seed", "storage", "data_root")}
+    settings.CampaignSettings.from_values(shared)
     if not _finite(plan.kappa) or plan.kappa <= 0:
         raise SdflInputError(f"kappa (UCB exploration weight) must be a number above 0, got {plan.kappa!r}")
     if not _finite(plan.xi) or plan.xi < 0:
         raise SdflInputError(f"xi (EI improvement margin) must be a number of 0 or more, got {plan.xi!r}")
+    if plan.target_r2 is not None and not (_finite(plan.target_r2) and 0 < plan.target_r2 < 1):
+        raise SdflInputError(f"target_r2 must be between 0 and 1, got {plan.target_r2}")
     if isinstance(plan.check_every, bool) or not isinstance(plan.check_every, int) or plan.check_every < 1:
         raise SdflInputError(f"check_every must be a whole number of at least 1, got {plan.check_every!r}")
     if plan.target is not None:
@@ -200,13 +234,11 @@ def run_campaign(rig: Rig | list[Rig], plan: CampaignPlan, steps: Steps, on_prog
     state.set_aside = storage.set_aside_damaged(plan.data_root, plan.campaign)
     url = ledger.storage_url(plan.data_root, plan.storage)
     prior_unit = (to_unit(platform, prior[0]), prior[1]) if prior is not None else None
-    if plan.target is not None:
-        sampler = samplers.make_target_sampler(plan.policy, platform, objective, plan.surrogate, plan.seed,
-                                               _feasible(platform))
-    else:
-        sampler = samplers.make_sampler(plan.policy, platform, plan.surrogate, plan.seed, prior_unit,
-                                        PolicySettings(plan.kappa, plan.xi), _feasible(platform))
-    design = plan.initial if plan.policy != "random" else 0
+    policy = choices.resolve_policy(plan.policy, family_of(plan))
+    sampler = policy.sampler(family_of(plan), platform, plan.surrogate, plan.seed, prior=prior_unit,
+                             settings=PolicySettings(plan.kappa, plan.xi), feasible=_feasible(platform),
+                             objective=objective)
+    design = plan.initial if policy.initial_design else 0
     study, created = ledger.open_study(plan.campaign, platform, objective.expression, url, sampler,
                                        directions(plan), initial_design=design)
     if created:

@@ -9,29 +9,47 @@ come within 1 % of their final values.
 from __future__ import annotations
 
 import logging
-from typing import Annotated, Any, Literal
+from typing import Any
 
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
-from prefect import flow, get_run_logger
+from prefect import get_run_logger
 
-from flows import parameters as P
 from flows.reactor import reactor_lock
+from flows.settings import ResidenceTimeSettings, centred, settings_flow
 from hardware.errors import SdflInputError
-from hardware.platform import DEFAULT_PLATFORM, PlatformConfig, load_platform
+from hardware.platform import PlatformConfig, load_platform
 from hardware.rig import Rig, open_rig
 from tasks import acquisition, equilibration, features, formulation, reports, storage
+from tasks.choices import StartFrom
 from tasks.records import new_experiment_id
 from tasks.transients import settling_time
 
 STUDY_FEATURES = ["Abs_300", "PL_I", "PL_A"]
-StartFrom = Literal["previous", "solvent"]
 
 
 def centre_condition(platform: PlatformConfig) -> dict[str, float]:
     """The middle of the platform's parameter space."""
     return {p.name: 0.5 * (p.low + p.high) for p in platform.parameters}
+
+
+def study_plans(platform: PlatformConfig, reaction_times_s: list[float],
+                base_condition: dict[str, float] | None) -> list[formulation.Formulation]:
+    """One formulation per reaction time; SdflInputError when the platform or a condition cannot."""
+    if not reaction_times_s:
+        raise SdflInputError("reaction_times_s: give at least one reaction time")
+    if platform.flow_mode:
+        raise SdflInputError(f"platform {platform.platform.name!r} sets its pump flows directly (no reaction-time "
+                             "parameter); study the residence time by running its flowrates with run-experiment")
+    time_param = formulation.parameter_by_kind(platform, "reaction_time")
+    base = centred(platform, base_condition or {})
+    return [formulation.formulate({**base, time_param: float(t)}, platform) for t in reaction_times_s]
+
+
+def check_study(settings: ResidenceTimeSettings, platform: PlatformConfig) -> None:
+    """Every check of a residence-time study's settings that needs the platform."""
+    study_plans(platform, settings.reaction_times_s, settings.base_condition)
 
 
 def study_residence_time(
@@ -53,14 +71,7 @@ def study_residence_time(
     """
     log = log or logging.getLogger(__name__)
     platform = rig.platform
-    if not reaction_times_s:
-        raise ValueError("give at least one reaction time")
-    if platform.flow_mode:
-        raise SdflInputError(f"platform {platform.platform.name!r} sets its pump flows directly (no reaction-time "
-                             "parameter); study the residence time by running its flowrates with run-experiment")
-    time_param = formulation.parameter_by_kind(platform, "reaction_time")
-    base = dict(base_condition or centre_condition(platform))
-    plans = [formulation.formulate({**base, time_param: float(t)}, platform) for t in reaction_times_s]
+    plans = study_plans(platform, reaction_times_s, base_condition)
     settings = features.FeatureSettings.from_config(platform.features)
 
     reference = acquisition.ensure_reference(rig, max_age_s=0.0)  # flushes: the cell holds solvent
@@ -139,33 +150,20 @@ def summarize_steps(settling: pd.DataFrame, tau_multiple: float) -> pd.DataFrame
     return out
 
 
-@flow(name="residence-time-study")
-def residence_time_study(
-    platform: P.PlatformName = DEFAULT_PLATFORM,
-    reaction_times_s: Annotated[list[float], P.form(
-        "reaction times to step through, in order (s)", minItems=1)] = [25.0, 31.0, 42.0],  # noqa: B006
-    base_condition: Annotated[dict[str, float] | None, P.form(
-        "the other inputs during the study; empty: the centre of the space (`sdfl platform`)")] = None,
-    follow_tau: Annotated[float, P.form("how long to follow each step (tau)", minimum=2)] = 3.0,
-    interval_s: Annotated[float, P.form("time between readings (s)", exclusiveMinimum=0, maximum=30)] = 1.0,
-    tolerance: Annotated[float, P.form("settled when within this fraction of the final value",
-                                       exclusiveMinimum=0, exclusiveMaximum=1)] = 0.01,
-    start_from: Annotated[StartFrom, P.form(
-        "previous: step directly, as in the paper; solvent: flush with solvent before each step")] = "previous",
-    data_root: P.DataRoot = None,
-    seed: P.RigSeed = None,
-) -> dict[str, Any]:
+@settings_flow(ResidenceTimeSettings)
+def residence_time_study(settings: ResidenceTimeSettings) -> dict[str, Any]:
     """Step between reaction times and measure how many tau each feature needs to settle.
 
-    Writes the time series and the settling table under <data_root>/studies/residence-time/,
-    and publishes them (with a plot) as Prefect artifacts.
+    Writes the time series and the settling table under the data root, in
+    studies/residence-time/, and publishes them (with a plot) as Prefect artifacts.
     """
+    s = settings
+    platform, reaction_times_s, base_condition, data_root, seed = (s.platform, s.reaction_times_s, s.base_condition,
+                                                                   s.data_root, s.seed)
+    follow_tau, interval_s, tolerance, start_from = s.follow_tau, s.interval_s, s.tolerance, s.start_from
     log = get_run_logger()
-    if follow_tau < 2.0:
-        raise ValueError(f"follow_tau must be >= 2 so the final value is measured at steady state, got {follow_tau}")
-    if not 0 < interval_s <= 30:
-        raise ValueError(f"interval_s must be in (0, 30] s, got {interval_s}")
     config = load_platform(platform)
+    check_study(settings, config)
     with reactor_lock(config.platform.name, log):
         rig = open_rig(config, seed)
         with rig.lock:

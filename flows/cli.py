@@ -12,48 +12,136 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import signal
 import sys
+import time
 from contextlib import contextmanager
 from pathlib import Path
 
+from flows.cli_options import add_settings, settings_from
+from flows.settings import (
+    DemoSettings,
+    ExperimentSettings,
+    ExploreSettings,
+    ManufactureSettings,
+    OptimizeSettings,
+    ProcedureSettings,
+    ResidenceTimeSettings,
+    SeekTargetSettings,
+)
+from hardware.errors import SdflError, SdflInputError
+
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
-SUMMARY_COLUMNS = ["experiment_id", "status", "temperature_c", "reaction_time_s", "cui_fraction", "tau_s", "t_E_s",
-                   "PL_peak_nm", "PL_I", "PL_I_sd", "PL_A", "FWHM_nm", "Abs_300", "SNR"]
+FEATURE_SUMMARY = ["tau_s", "t_E_s", "regime_Re", "PL_peak_nm", "PL_I", "PL_I_sd", "PL_A", "FWHM_nm", "Abs_300", "SNR"]
+"""The features a summary of experiments shows, after each platform's own parameters."""
 
 
 def summary_columns(platform) -> list[str]:
     """The summary of an experiment on `platform`: its own parameters, then the usual features."""
-    return ["experiment_id", "status", *platform.parameter_names, "tau_s", "t_E_s", "regime_Re",
-            "PL_peak_nm", "PL_I", "PL_I_sd", "PL_A", "FWHM_nm", "Abs_300", "SNR"]
+    return ["experiment_id", "status", *platform.parameter_names, *FEATURE_SUMMARY]
+
+
+def recorded_parameters(frame) -> list[str]:
+    """The parameters of the platforms that recorded `frame` (each row names its platform)."""
+    from hardware.platform import load_platform
+
+    names: list[str] = []
+    for platform in frame["platform"].dropna().unique() if "platform" in frame else []:
+        try:
+            names += [n for n in load_platform(platform).parameter_names if n not in names]
+        except SdflError:  # a platform file that has gone: show what the rows hold
+            pass
+    return names
 
 
 STUDY_NOTE = ("settle_tau: when the slowest feature is within 1 % of its final value, in residence times tau; "
               "resolved_features = 0: the step moved no feature by more than twice its noise (nothing to wait for)")
 
 
-def _parse_pairs(pairs: list[str] | None, what: str) -> dict[str, float]:
-    out: dict[str, float] = {}
-    for pair in pairs or []:
-        name, sep, value = pair.partition("=")
-        if not sep:
-            raise SystemExit(f"sdfl: {what} {pair!r} must look like name=value")
-        try:
-            out[name.strip()] = float(value)
-        except ValueError:
-            raise SystemExit(f"sdfl: {what} {pair!r}: {value!r} is not a number") from None
-    return out
+class _QuietTaskRuns(logging.Filter):
+    """Drop the task-run chatter (created, finished in state Completed or Cached) from the terminal."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno >= logging.WARNING:
+            return True
+        message = str(record.msg)
+        return not (message.startswith("Finished in state") or message.startswith("Created task run"))
+
+
+class _NoTraceback(logging.Filter):
+    """Keep tracebacks out of the terminal (they go to the log file; --debug shows them)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info:
+            record = logging.makeLogRecord(record.__dict__)
+            record.exc_info, record.exc_text = None, None
+        return True
+
+
+def _terminal_handlers():
+    """Handlers that print to the terminal (Prefect's console handler and plain stream handlers)."""
+    seen = []
+    for logger in [logging.getLogger(), *[logging.getLogger(n) for n in list(logging.root.manager.loggerDict)]]:
+        for handler in getattr(logger, "handlers", []):
+            stream = getattr(handler, "stream", None)
+            if stream in (sys.stderr, sys.stdout) and not isinstance(handler, logging.FileHandler) \
+                    and handler not in seen:
+                seen.append(handler)
+    return seen
 
 
 @contextmanager
-def _quick_prefect():
-    """No flow-run heartbeats for short interactive runs (they add ~1 s per run)."""
+def _quick_prefect(args):
+    """Prefect for one interactive run: no flow-run heartbeats (they add ~1 s per run), the task-run
+    chatter off unless -v, tracebacks only in the log file unless --debug."""
+    from flows.prefect_server import use_sdfl_temporary_server
+
+    use_sdfl_temporary_server()  # Prefect's temporary server, if one is needed, goes when sdfl goes
+    from prefect.logging.configuration import setup_logging
     from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
 
-    with temporary_settings({PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
-        yield
+    setup_logging()
+    quiet, plain = _QuietTaskRuns(), _NoTraceback()
+    handlers = _terminal_handlers()
+    for handler in handlers:
+        if not args.verbose:
+            handler.addFilter(quiet)
+        if not args.debug:
+            handler.addFilter(plain)
+    log_file = _log_file(args)
+    try:
+        with temporary_settings({PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
+            yield
+    finally:
+        for handler in handlers:
+            handler.removeFilter(quiet)
+            handler.removeFilter(plain)
+        if log_file is not None:
+            logging.getLogger().removeHandler(log_file)
+            logging.getLogger("prefect").removeHandler(log_file)
+            log_file.close()
+
+
+def _log_file(args) -> logging.Handler | None:
+    """Everything a run logs, tracebacks included, into <data root>/logs/; its path in args.log_path."""
+    from tasks.storage import data_root
+
+    folder = data_root(getattr(args, "data_root", None)) / "logs"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / f"sdfl-{args.command}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log"
+        handler = logging.FileHandler(path, encoding="utf-8")
+    except OSError:
+        return None  # the run's own checks say what is wrong with the data root
+    handler.setLevel(logging.DEBUG if args.debug else logging.INFO)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    for name in ("", "prefect"):  # Prefect's loggers do not pass records on to the root logger
+        logging.getLogger(name).addHandler(handler)
+    args.log_path = str(path)
+    return handler
 
 
 def _print_frame(frame, columns=None) -> None:
@@ -123,39 +211,38 @@ def cmd_doctor(args) -> int:
     return 1 if failed else 0
 
 
-def _condition_from_args(cfg, settings: dict[str, float]) -> dict[str, float]:
-    from flows.characterize import centre_condition
+def _ready(args, model, **extra):
+    """The settings of a flow command, checked against the platform before Prefect starts."""
+    settings = settings_from(args, model, **extra)
+    platform = load_checked_platform(settings.platform)
+    settings.check(platform)
+    return settings, platform
 
-    condition = centre_condition(cfg)
-    unknown = sorted(set(settings) - set(condition))
-    if unknown:
-        raise SystemExit(f"sdfl: unknown parameter(s) {unknown}; the space is: {cfg.describe_space()}")
-    defaulted = sorted(set(condition) - set(settings))
-    if defaulted:
-        print(f"(centre of the space for: {', '.join(defaulted)})")
-    condition.update(settings)
-    return condition
+
+def load_checked_platform(name: str):
+    """The platform, or SdflInputError naming the shipped ones (with a did-you-mean)."""
+    from hardware.errors import did_you_mean
+    from hardware.platform import load_platform, shipped_platforms
+
+    shipped = shipped_platforms()
+    if name not in shipped and not name.endswith(".toml") and "/" not in name:
+        raise SdflInputError(f"--platform {name!r} is not a shipped platform{did_you_mean(name, shipped)}; "
+                             f"choose one of {', '.join(shipped)}, or give the path to a platform .toml file")
+    return load_platform(name)
 
 
 def cmd_experiment(args) -> int:
     import pandas as pd
 
+    settings, cfg = _ready(args, ExperimentSettings)
+    if settings.flowrates_ul_min is None:
+        defaulted = [n for n in cfg.parameter_names if n not in (settings.condition or {})]
+        if defaulted:
+            print(f"(centre of the space for: {', '.join(defaulted)})")
     from flows.experiment import run_experiment
-    from hardware.platform import load_platform
 
-    cfg = load_platform(args.platform)
-    flows = _parse_pairs(args.flow, "--flow")
-    kwargs = dict(platform=args.platform, campaign=args.campaign, replicates=args.replicates,
-                  steady_check=args.steady_check or None, data_root=args.data_root, seed=args.seed,
-                  experiment_id=args.experiment_id)
-    if flows:
-        if args.temperature is None and any(p.kind == "temperature" for p in cfg.parameters):
-            raise SystemExit("sdfl: --flow needs --temperature too")
-        kwargs.update(flowrates_ul_min=flows, temperature_c=args.temperature)
-    else:
-        kwargs.update(condition=_condition_from_args(cfg, _parse_pairs(args.set, "--set")))
-    with _quick_prefect():
-        row = run_experiment(**kwargs)
+    with _quick_prefect(args):
+        row = run_experiment(**settings.values())
     if args.json:
         print(json.dumps(row, default=str, indent=1))
     else:
@@ -211,25 +298,22 @@ def _print_target(summary: dict) -> None:
 
 
 def cmd_seek_target(args) -> int:
+    settings, _ = _ready(args, SeekTargetSettings)
     from flows.campaign import seek_target
 
-    with _quick_prefect():
-        summary = seek_target(campaign=args.campaign, platform=args.platform, target_peak_nm=args.target_nm,
-                              target_peak_ev=args.target_ev, tolerance_nm=args.tolerance_nm,
-                              max_fwhm_nm=args.max_fwhm_nm, quality=args.quality, policy=args.policy,
-                              budget=args.budget, initial=args.initial,
-                              patience=None if args.full_budget else args.patience, surrogate=args.surrogate,
-                              in_flight=args.in_flight, seed=args.seed or 0, data_root=args.data_root,
-                              storage=args.storage, reactors=args.reactors)
+    with _quick_prefect(args):
+        summary = seek_target(**settings.values())
     _print_target(summary)
     return 0
 
 
 def cmd_procedure(args) -> int:
+    word = {"procedure": args.procedure_word} if args.procedure_word else {}
+    settings, _ = _ready(args, ProcedureSettings, **word)
     from flows.procedures import rig_procedure
 
-    with _quick_prefect():
-        steps = rig_procedure(procedure=args.procedure, platform=args.platform, seed=args.seed)
+    with _quick_prefect(args):
+        steps = rig_procedure(**settings.values())
     for step in steps:
         print(f"{step['step']:<6} {step['t_start_s'] / 60:7.1f} -> {step['t_end_s'] / 60:7.1f} min  {step['detail']}")
     return 0
@@ -238,17 +322,11 @@ def cmd_procedure(args) -> int:
 def cmd_study(args) -> int:
     import pandas as pd
 
+    settings, _ = _ready(args, ResidenceTimeSettings)
     from flows.characterize import residence_time_study
 
-    base = _parse_pairs(args.set, "--set") or None
-    if base is not None:
-        from hardware.platform import load_platform
-
-        base = _condition_from_args(load_platform(args.platform), base)
-    with _quick_prefect():
-        result = residence_time_study(platform=args.platform, reaction_times_s=args.reaction_times,
-                                      base_condition=base, follow_tau=args.follow_tau, interval_s=args.interval,
-                                      start_from=args.start_from, data_root=args.data_root, seed=args.seed)
+    with _quick_prefect(args):
+        result = residence_time_study(**settings.values())
     print("\nresidence-time study: settling time per step (slowest of Abs_300, PL_I, PL_A)")
     _print_frame(pd.DataFrame(result["steps"]))
     print(STUDY_NOTE)
@@ -291,47 +369,31 @@ def _print_repairs(summary: dict) -> None:
 
 
 def cmd_optimize(args) -> int:
+    settings, _ = _ready(args, OptimizeSettings)
     from flows.campaign import optimize
 
-    with _quick_prefect():
-        summary = optimize(campaign=args.campaign, platform=args.platform, objective=args.objective,
-                           policy=args.policy, budget=args.budget, initial=args.initial, surrogate=args.surrogate,
-                           prior_campaign=args.prior_campaign, prior_model=args.prior_model,
-                           in_flight=args.in_flight, kappa=args.kappa, seed=args.seed or 0,
-                           data_root=args.data_root, storage=args.storage, explain=not args.no_explain,
-                           reactors=args.reactors)
+    with _quick_prefect(args):
+        summary = optimize(**settings.values())
     _print_campaign(summary)
     return 0
 
 
 def cmd_explore(args) -> int:
+    settings, _ = _ready(args, ExploreSettings)
     from flows.campaign import explore
 
-    with _quick_prefect():
-        summary = explore(campaign=args.campaign, platform=args.platform, objective=args.objective,
-                          target_r2=args.target_r2, budget=args.budget, initial=args.initial, policy=args.policy,
-                          surrogate=args.surrogate, in_flight=args.in_flight, seed=args.seed or 0,
-                          data_root=args.data_root, storage=args.storage, explain=not args.no_explain,
-                          reactors=args.reactors)
+    with _quick_prefect(args):
+        summary = explore(**settings.values())
     _print_campaign(summary)
     return 0
 
 
 def cmd_manufacture(args) -> int:
+    settings, _ = _ready(args, ManufactureSettings)
     from flows.manufacture import manufacture
-    from hardware.platform import load_platform
 
-    recipe = None
-    if args.from_campaign is not None and args.set:
-        raise SystemExit("sdfl: give the recipe with --set or --from-campaign, not both")
-    if args.from_campaign is None:
-        recipe = _condition_from_args(load_platform(args.platform), _parse_pairs(args.set, "--set"))
-    with _quick_prefect():
-        summary = manufacture(lot=args.lot, recipe=recipe, from_campaign=args.from_campaign, objective=args.objective,
-                              platform=args.platform, duration_h=args.hours, qc_every_min=args.qc_every,
-                              qualification_min=args.qualification, on_alarm=args.on_alarm,
-                              decision_timeout_min=args.decision_timeout, auto_refill=args.auto_refill,
-                              seed=args.seed, data_root=args.data_root)
+    with _quick_prefect(args):
+        summary = manufacture(**settings.values())
     print(f"\nlot {summary['lot']}: {summary['status']} ({summary.get('reason') or ''})")
     print(f"produced {summary['produced_h']:.2f} h of {summary['duration_h']:g} h; QC samples {summary['samples']}, "
           f"alarms {summary['alarms']} {summary['signals_by_rule'] or ''}, refills {summary['refills']}")
@@ -343,11 +405,19 @@ def cmd_manufacture(args) -> int:
 
 
 def cmd_data(args) -> int:
+    from hardware.errors import did_you_mean
     from tasks.storage import data_root, read_experiments
 
+    if args.campaign is not None:
+        known = sorted(p.name.split("=", 1)[1] for p in (data_root(args.data_root) / "experiments").glob("campaign=*"))
+        if args.campaign not in known:
+            raise SdflInputError(f"--campaign {args.campaign!r}: no such campaign under {data_root(args.data_root)}"
+                                 f"{did_you_mean(args.campaign, known)}; the campaigns there: "
+                                 f"{', '.join(known) or '(none yet)'}")
     frame = read_experiments(args.data_root, args.campaign)
     print(f"data root: {data_root(args.data_root)}  ({len(frame)} experiments)")
-    _print_frame(frame, ["campaign", *SUMMARY_COLUMNS, "failure_reason"] if not args.all else None)
+    columns = ["campaign", "experiment_id", "status", *recorded_parameters(frame), *FEATURE_SUMMARY, "failure_reason"]
+    _print_frame(frame, columns if not args.all else None)
     skipped = frame.attrs.get("skipped_files", [])
     if skipped:  # each is named in a warning above
         print(f"\n{len(skipped)} file(s) could not be read and are not shown; running the campaign again sets "
@@ -358,10 +428,11 @@ def cmd_data(args) -> int:
 def cmd_demo(args) -> int:
     import pandas as pd
 
+    settings, _ = _ready(args, DemoSettings)
     from flows.demo import demo
 
-    with _quick_prefect():
-        result = demo(data_root=args.data_root, seed=args.seed, budget=args.budget)
+    with _quick_prefect(args):
+        result = demo(**settings.values())
     print("\n== residence-time study: settling time per step (slowest of Abs_300, PL_I, PL_A) ==")
     _print_frame(pd.DataFrame(result["study"]["steps"]))
     print(STUDY_NOTE)
@@ -372,144 +443,75 @@ def cmd_demo(args) -> int:
     return 0
 
 
+FLOW_COMMANDS = {
+    "experiment": (ExperimentSettings, "run one condition end to end and record it", cmd_experiment),
+    "optimize": (OptimizeSettings, "closed-loop optimization of an objective", cmd_optimize),
+    "explore": (ExploreSettings, "build a digital twin (Latin hypercube, then exploration) to a target R^2",
+                cmd_explore),
+    "seek-target": (SeekTargetSettings, "reach a target PL peak with the highest quality and the narrowest FWHM",
+                    cmd_seek_target),
+    "manufacture": (ManufactureSettings, "hold a recipe for hours: QC, control charts, refills, yield",
+                    cmd_manufacture),
+    "procedure": (ProcedureSettings, "a platform's start-up (purge, fill) or shut-down (flush) steps",
+                  cmd_procedure),
+    "demo": (DemoSettings, "the residence-time study, then a closed-loop optimization on the virtual lab",
+             cmd_demo),
+}
+"""The commands that run a flow: their settings model, what they do, and their handler."""
+
+
 def build_parser() -> argparse.ArgumentParser:
     from hardware.platform import DEFAULT_PLATFORM
 
-    parser = argparse.ArgumentParser(prog="sdfl", description="Self-driving fluidic lab: flows over real "
-                                     "instruments and a physics-based virtual lab.")
-    sub = parser.add_subparsers(dest="command", required=True)
+    output = argparse.ArgumentParser(add_help=False)
+    output.add_argument("-v", "--verbose", action="store_true", help="show every task run's log lines")
+    output.add_argument("--debug", action="store_true", help="show Python tracebacks of failures")
+    parser = _Parser(prog="sdfl", parents=[output], description="Self-driving fluidic lab: flows "
+                                     "over real instruments and a physics-based virtual lab.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
 
-    def common(p, campaign=True):
-        p.add_argument("--platform", default=DEFAULT_PLATFORM, help="shipped platform name or path to a .toml")
-        p.add_argument("--data-root", default=None, help="dataset root (default $SDFL_DATA_ROOT or ./data)")
-        p.add_argument("--seed", type=int, default=None, help="virtual lab seed (default: the platform's)")
-        if campaign:
-            p.add_argument("--campaign", default="default", help="campaign name (dataset partition)")
+    def command(name: str, text: str, func, model=None, parent=sub, **options):
+        p = parent.add_parser(name, help=text, description=text, parents=[output],
+                              formatter_class=argparse.ArgumentDefaultsHelpFormatter if model is None
+                              else argparse.HelpFormatter, **options)
+        if model is not None:
+            add_settings(p, model)
+        p.set_defaults(func=func)
+        return p
 
-    p = sub.add_parser("platform", help="show a platform's parameter space and pumps")
+    p = command("platform", "show a platform's parameter space and pumps", cmd_platform)
     p.add_argument("platform", nargs="?", default=DEFAULT_PLATFORM)
     p.add_argument("--list", action="store_true", help="list the shipped platforms")
-    p.set_defaults(func=cmd_platform)
 
-    p = sub.add_parser("doctor", help="ask every instrument of a platform who it is (moves nothing)")
-    p.add_argument("--platform", default="virtual-cs3cu2i5", help="shipped platform name or path to a .toml")
-    p.add_argument("--seed", type=int, default=None)
-    p.set_defaults(func=cmd_doctor)
+    p = command("doctor", "ask every instrument of a platform who it is (moves nothing)", cmd_doctor)
+    p.add_argument("--platform", default=DEFAULT_PLATFORM, help="shipped platform name or path to a .toml")
+    p.add_argument("--seed", type=int, default=None, help="virtual lab seed (none: the platform's)")
 
-    p = sub.add_parser("experiment", help="run one condition end to end and record it")
-    common(p)
-    p.add_argument("--set", action="append", metavar="NAME=VALUE",
-                   help="a parameter of the space (others default to the centre of the space)")
-    p.add_argument("--flow", action="append", metavar="PUMP=UL_MIN", help="explicit pump flowrates instead")
-    p.add_argument("--temperature", type=float, help="reactor temperature (C), with --flow (if the platform has one)")
-    p.add_argument("--replicates", type=int, default=None)
-    p.add_argument("--steady-check", action="store_true", help="also confirm steady state from the spectra")
-    p.add_argument("--experiment-id", default=None, help="id to record under (default: a new sortable id)")
-    p.add_argument("--json", action="store_true", help="print the whole record as JSON")
-    p.set_defaults(func=cmd_experiment)
+    for name, (model, text, func) in FLOW_COMMANDS.items():
+        p = command(name, text, func, model)
+        if name == "experiment":
+            p.add_argument("--json", action="store_true", help="print the whole record as JSON")
+        if name == "procedure":  # `sdfl procedure startup` reads better than --procedure startup
+            p.add_argument("procedure_word", nargs="?", metavar="PROCEDURE", help="startup or shutdown (or --procedure)")
 
     p = sub.add_parser("study", help="characterization studies")
-    study = p.add_subparsers(dest="study", required=True)
-    q = study.add_parser("residence-time", help="step between reaction times and time the transients")
-    common(q, campaign=False)
-    q.add_argument("--reaction-times", type=float, nargs="+", default=[25.0, 31.0, 42.0])
-    q.add_argument("--follow-tau", type=float, default=3.0, help="how long to follow each step, in tau")
-    q.add_argument("--interval", type=float, default=1.0, help="seconds between spectra")
-    q.add_argument("--start-from", choices=["previous", "solvent"], default="previous",
-                   help="step directly between reaction times (as the paper) or from solvent each time")
-    q.add_argument("--set", action="append", metavar="NAME=VALUE", help="base condition (default: centre)")
-    q.set_defaults(func=cmd_study)
+    study = p.add_subparsers(dest="study", required=True, parser_class=_Parser)
+    command("residence-time", "step between reaction times and time the transients", cmd_study,
+            ResidenceTimeSettings, parent=study)
 
-    def campaign_args(p, policies, default_policy, budget):
-        common(p, campaign=False)
-        p.add_argument("--campaign", required=True, help="campaign name; the same name resumes it")
-        p.add_argument("--objective", default="PL_I", help="a feature or a formula of features, e.g. 'PL_I / FWHM_nm'")
-        p.add_argument("--policy", choices=policies, default=default_policy)
-        p.add_argument("--budget", type=int, default=budget, help="experiments in total (failed ones count)")
-        p.add_argument("--initial", type=int, default=9, help="Latin-hypercube points before the policy")
-        p.add_argument("--surrogate", choices=["gp", "ensemble"], default="gp")
-        p.add_argument("--in-flight", choices=["fail", "rerun"], default="fail",
-                       help="on resume, what to do with an experiment a crash interrupted")
-        p.add_argument("--storage", default=None, help="Optuna storage URL (default: SQLite under the data root)")
-        p.add_argument("--no-explain", action="store_true", help="skip SHAP and the response surface")
-        p.add_argument("--reactors", type=int, default=1,
-                       help="run on this many copies of a virtual/emulated platform at once")
-
-    p = sub.add_parser("optimize", help="closed-loop optimization of an objective")
-    campaign_args(p, ["ei", "ucb", "eplt", "mv", "ivr", "random", "tpe", "gp"], "ei", 30)
-    p.add_argument("--prior-campaign", default=None, help="learn from an earlier campaign's data")
-    p.add_argument("--prior-model", default=None, help="learn from a saved digital twin (model.pkl)")
-    p.add_argument("--kappa", type=float, default=2.0, help="UCB exploration weight")
-    p.set_defaults(func=cmd_optimize)
-
-    p = sub.add_parser("explore", help="build a digital twin (LHS + integrated variance reduction) to a target R^2")
-    campaign_args(p, ["ivr", "mv", "random"], "ivr", 60)
-    p.add_argument("--target-r2", type=float, default=0.8)
-    p.set_defaults(func=cmd_explore)
-
-    p = sub.add_parser("seek-target", help="reach a target PL peak with the highest quality and the narrowest FWHM")
-    common(p, campaign=False)
-    p.add_argument("--campaign", required=True, help="campaign name; the same name resumes it")
-    peak = p.add_mutually_exclusive_group(required=True)
-    peak.add_argument("--target-nm", type=float, help="target PL peak wavelength (nm)")
-    peak.add_argument("--target-ev", type=float, help="target PL peak energy (eV)")
-    p.add_argument("--tolerance-nm", type=float, default=2.0, help="on target within this many nm (default 2)")
-    p.add_argument("--max-fwhm-nm", type=float, default=None, help="hard FWHM limit in nm (default none)")
-    p.add_argument("--quality", default="PL_A / (1 - 10 ** (-Abs_300))",
-                   help="what to maximise (default: a relative PLQY, PL area per absorbed excitation)")
-    p.add_argument("--policy", choices=["desirability-ei", "tpe", "random"], default="desirability-ei")
-    p.add_argument("--budget", type=int, default=30, help="experiments in total (failed ones count)")
-    p.add_argument("--initial", type=int, default=6, help="Latin-hypercube points before the policy")
-    p.add_argument("--patience", type=int, default=5,
-                   help="stop once on target and this many experiments after the best on-target one")
-    p.add_argument("--full-budget", action="store_true", help="never stop early: run the whole budget")
-    p.add_argument("--surrogate", choices=["gp", "ensemble"], default="gp")
-    p.add_argument("--in-flight", choices=["fail", "rerun"], default="fail",
-                   help="on resume, what to do with an experiment a crash interrupted")
-    p.add_argument("--storage", default=None, help="Optuna storage URL (default: SQLite under the data root)")
-    p.add_argument("--reactors", type=int, default=1,
-                   help="run on this many copies of a virtual/emulated platform at once")
-    p.set_defaults(func=cmd_seek_target)
-
-    p = sub.add_parser("manufacture", help="hold a recipe for hours: QC, control charts, refills, yield")
-    common(p, campaign=False)
-    p.add_argument("--lot", required=True, help="lot name (data under <data root>/lots/<lot>/)")
-    p.add_argument("--set", action="append", metavar="NAME=VALUE",
-                   help="the recipe: parameters of the space (others default to the centre)")
-    p.add_argument("--from-campaign", default=None, help="or: the best experiment of this campaign")
-    p.add_argument("--objective", default="PL_I", help="what 'best' means with --from-campaign")
-    p.add_argument("--hours", type=float, default=8.0, help="production time (simulated on the virtual lab)")
-    p.add_argument("--qc-every", type=float, default=10.0, help="minutes between QC samples")
-    p.add_argument("--qualification", type=float, default=60.0, help="minutes of QC that set the control limits")
-    p.add_argument("--on-alarm", choices=["pause", "continue", "stop"], default="stop",
-                   help="pause waits for a decision in the Prefect UI (needs a server: PREFECT_API_URL)")
-    p.add_argument("--decision-timeout", type=float, default=60.0, help="minutes to wait for a decision")
-    p.add_argument("--auto-refill", action="store_true", help="virtual rigs: refill syringes without asking")
-    p.set_defaults(func=cmd_manufacture)
-
-    p = sub.add_parser("procedure", help="a platform's start-up (purge, fill) or shut-down (flush) steps")
-    p.add_argument("procedure", choices=["startup", "shutdown"])
-    common(p, campaign=False)
-    p.set_defaults(func=cmd_procedure)
-
-    p = sub.add_parser("twin-table", help="turn recorded experiments into a chemistry table for a data-driven twin")
-    common(p)
+    p = command("twin-table", "turn recorded experiments into a chemistry table for a data-driven twin",
+                cmd_twin_table)
+    p.add_argument("--platform", default=DEFAULT_PLATFORM, help="shipped platform name or path to a .toml")
+    p.add_argument("--data-root", default=None, help="dataset root (none: $SDFL_DATA_ROOT or ./data)")
+    p.add_argument("--campaign", default="default", help="campaign whose experiments make the table")
     p.add_argument("--out", required=True, help="table to write (.csv or .parquet)")
     p.add_argument("--reference-qy", type=float, default=1.0,
                    help="QY given to the brightest row (the table's QY is relative to it)")
-    p.set_defaults(func=cmd_twin_table)
 
-    p = sub.add_parser("data", help="show the recorded experiments")
-    p.add_argument("--campaign", default=None)
-    p.add_argument("--data-root", default=None)
+    p = command("data", "show the recorded experiments", cmd_data)
+    p.add_argument("--campaign", default=None, help="one campaign (none: all)")
+    p.add_argument("--data-root", default=None, help="dataset root (none: $SDFL_DATA_ROOT or ./data)")
     p.add_argument("--all", action="store_true", help="every column")
-    p.set_defaults(func=cmd_data)
-
-    p = sub.add_parser("demo", help="residence-time study + a closed-loop optimization on the virtual lab")
-    p.add_argument("--data-root", default=None)
-    p.add_argument("--budget", type=int, default=30)
-    p.add_argument("--seed", type=int, default=None)
-    p.set_defaults(func=cmd_demo)
     return parser
 
 
@@ -519,23 +521,67 @@ def _terminate(signum, frame):
     raise KeyboardInterrupt(f"terminated by signal {signum}")
 
 
-def main(argv: list[str] | None = None) -> int:
-    from hardware.errors import SdflError
+class _Parser(argparse.ArgumentParser):
+    """argparse with a one-line error (and a pointer to --help) instead of the whole usage."""
 
-    args = build_parser().parse_args(argv)
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: {message} (see {self.prog} --help)\n")
+
+
+def _unknown_options(parser: argparse.ArgumentParser, args, extras: list[str]) -> str:
+    """What is wrong with options the command does not have, with a did-you-mean."""
+    from hardware.errors import did_you_mean
+
+    sub = _subparser(parser, args)
+    known = list(sub._option_string_actions) if sub is not None else []
+    words = []
+    for token in extras:
+        name = token.split("=", 1)[0]
+        if name.startswith("-"):
+            words.append(f"{name} is not an option of sdfl {args.command}{did_you_mean(name, known)}")
+        else:
+            words.append(f"{token!r} belongs to no option (values of an option follow it: --name VALUE)")
+    return "; ".join(words)
+
+
+def _subparser(parser, args):
+    for action in parser._subparsers._group_actions:
+        sub = action.choices.get(args.command)
+        if sub is not None and getattr(args, "study", None) and sub._subparsers is not None:
+            return sub._subparsers._group_actions[0].choices.get(args.study)
+        return sub
+    return None
+
+
+def main(argv: list[str] | None = None) -> int:
+    from hardware.errors import LabNotReady, TemporaryServerDidNotStart
+
+    parser = build_parser()
+    args, extras = parser.parse_known_args(argv)
+    command = f"sdfl {args.command}"
+    if extras:
+        print(f"{command}: {_unknown_options(parser, args, extras)} (see {command} --help)", file=sys.stderr)
+        return 2
     signal.signal(signal.SIGTERM, _terminate)
     try:
-        if args.command not in ("platform", "doctor", "data", "twin-table"):  # every other command runs flows
-            from flows.prefect_server import use_sdfl_temporary_server
-
-            use_sdfl_temporary_server()  # Prefect's temporary server, if needed, goes when sdfl goes
         return args.func(args)
-    except SdflError as exc:
-        print(f"sdfl: {type(exc).__name__}: {exc}", file=sys.stderr)
+    except SdflInputError as exc:  # a wrong setting, found before anything ran or by the run's own checks
+        print(f"{command}: {exc}", file=sys.stderr)
+        return 2
+    except (LabNotReady, TemporaryServerDidNotStart) as exc:  # a person must act (refill, start a server)
+        print(f"{command}: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as exc:
-        print(f"sdfl: stopped ({str(exc) or 'interrupted'}); the rig was put in its safe state", file=sys.stderr)
+        print(f"{command}: stopped ({str(exc) or 'interrupted'}); the rig was put in its safe state", file=sys.stderr)
         return 130
+    except Exception as exc:  # noqa: BLE001 - a run failure: one line here, the traceback in the log file
+        if args.debug:
+            raise
+        what = f"{type(exc).__name__}: {exc}"
+        where = getattr(args, "log_path", None)
+        print(f"{command}: the run failed: {what}" + (f"\nfull log: {where}" if where else "")
+              + " (run again with --debug to see the Python traceback)", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

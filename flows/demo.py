@@ -5,19 +5,18 @@ from __future__ import annotations
 
 from typing import Any
 
-from prefect import flow
-
 from flows.campaign import optimize
 from flows.characterize import residence_time_study
-from hardware.platform import DEFAULT_PLATFORM
+from flows.settings import DemoSettings, settings_flow
 from tasks.records import now_utc
 
 
-@flow(name="demo")
-def demo(platform: str = DEFAULT_PLATFORM, budget: int = 30, campaign: str | None = None,
-         data_root: str | None = None, seed: int | None = None) -> dict[str, Any]:
-    """The residence-time study, then an EI optimization of PL_I (9 LHS points + EI)."""
-    study = residence_time_study(platform=platform, data_root=data_root, seed=seed)
-    name = campaign or f"demo-{now_utc():%Y%m%d-%H%M%S}"
-    summary = optimize(campaign=name, platform=platform, budget=budget, seed=seed or 0, data_root=data_root)
+@settings_flow(DemoSettings)
+def demo(settings: DemoSettings) -> dict[str, Any]:
+    """The residence-time study, then an optimization of PL_I (Latin-hypercube points, then
+    expected improvement)."""
+    s = settings
+    study = residence_time_study(platform=s.platform, data_root=s.data_root, seed=s.seed)
+    name = s.campaign or f"demo-{now_utc():%Y%m%d-%H%M%S}"
+    summary = optimize(campaign=name, platform=s.platform, budget=s.budget, seed=s.seed or 0, data_root=s.data_root)
     return {"study": study, "campaign": summary}

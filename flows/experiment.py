@@ -10,21 +10,20 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Annotated, Any, Literal
+from typing import Any
 
 import numpy as np
-from prefect import flow, get_run_logger
+from prefect import get_run_logger
 from prefect.runtime import flow_run as current_flow_run
 
-from flows import parameters as P
 from flows.reactor import reactor_lock
+from flows.settings import ExperimentSettings, settings_flow
 from hardware.errors import LabNotReady, SdflInputError
 from hardware.platform import DEFAULT_PLATFORM, PlatformConfig, load_platform
 from hardware.rig import Rig, open_rig
 from tasks import acquisition, equilibration, features, formulation, storage
+from tasks.choices import Finish
 from tasks.records import experiment_row, new_experiment_id, now_utc, summarize_features
-
-Finish = Literal["stop", "hold"]
 
 
 @dataclass(frozen=True)
@@ -154,7 +153,8 @@ def conduct_experiment(
             plan = steps.formulate(condition, platform, remaining)
         else:
             plan = steps.formulate_from_flowrates(flowrates_ul_min, temperature_c, platform, remaining)
-        log.info("experiment %s: %s; tau %.1f s, t_E %.1f s", experiment_id, plan.condition, plan.tau_s, plan.t_E_s)
+        log.info("experiment %s: %s; tau %.1f s, t_E %.1f s", experiment_id,
+                 ", ".join(f"{k}={v:.4g}" for k, v in plan.condition.items()), plan.tau_s, plan.t_E_s)
         reference = steps.reference(rig)
         equilibrated = steps.equilibrate(rig, plan, steady_check, lambda: acquisition.pl_reading(rig))
         acquired = steps.acquire(rig, reference, replicates)
@@ -280,30 +280,22 @@ def make_rig_safe_hook(flow, flow_run, state) -> None:
         log.error("hook: the %s experiment %s could not be recorded: %s", status, experiment_id, exc)
 
 
-@flow(name="run-experiment", on_cancellation=[make_rig_safe_hook], on_crashed=[make_rig_safe_hook])
-def run_experiment(
-    condition: Annotated[dict[str, float] | None, P.form(
-        "one value per parameter of the platform's space (names, units, ranges: `sdfl platform`)")] = None,
-    platform: P.PlatformName = DEFAULT_PLATFORM,
-    campaign: P.CampaignName = "default",
-    flowrates_ul_min: Annotated[dict[str, float] | None, P.form(
-        "instead of a condition: each pump's flowrate (uL/min), with temperature_c")] = None,
-    temperature_c: Annotated[float | None, P.form("reactor temperature (degC), with flowrates_ul_min")] = None,
-    replicates: Annotated[int | None, P.form("replicate acquisitions; empty: the platform's", minimum=1)] = None,
-    steady_check: Annotated[bool | None, P.form("also wait for steady PL readings after t_E")] = None,
-    finish: Annotated[Finish, P.form("stop: leave the rig safe; hold: pumps and heater stay on")] = "stop",
-    experiment_id: Annotated[str | None, P.form("experiment id; empty: a new one")] = None,
-    data_root: P.DataRoot = None,
-    seed: P.RigSeed = None,
-) -> dict[str, Any]:
+@settings_flow(ExperimentSettings, on_cancellation=[make_rig_safe_hook], on_crashed=[make_rig_safe_hook])
+def run_experiment(settings: ExperimentSettings) -> dict[str, Any]:
     """Run one condition on a platform and append it to the campaign's dataset.
 
-    `condition` maps each parameter of the platform's space to a value (see `sdfl platform`);
-    alternatively give the pump flowrates (uL/min) and the temperature. `finish="hold"` keeps the
-    pumps and heater on for a next experiment; "stop" leaves the rig in its safe state.
+    The condition maps parameters of the platform's space to values (see `sdfl platform`; a
+    parameter left out takes the centre of its range); alternatively give the pump flowrates
+    (uL/min) and the temperature. finish "hold" keeps the pumps and heater on for a next
+    experiment; "stop" leaves the rig in its safe state.
     """
+    s = settings
+    platform, campaign, data_root, seed = s.platform, s.campaign, s.data_root, s.seed
+    flowrates_ul_min, temperature_c, replicates = s.flowrates_ul_min, s.temperature_c, s.replicates
+    steady_check, finish, experiment_id = s.steady_check, s.finish, s.experiment_id
     logger = get_run_logger()
     config = load_platform(platform)
+    condition = s.condition_on(config)
     run_id = current_flow_run.get_id()
     # Bad input and an unusable data root are refused at once, not after waiting for the reactor.
     check_request(config, condition=condition, flowrates_ul_min=flowrates_ul_min, temperature_c=temperature_c,

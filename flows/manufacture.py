@@ -13,24 +13,31 @@ import logging
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
 from prefect.input import RunInput
 from pydantic import Field
 
-from flows import parameters as P
-from flows.operator import RefillConfirmation, pause_for
+from flows.operator import RefillConfirmation, pause_for, someone_can_answer
+from flows.settings import ManufactureSettings, centred, settings_flow
 from hardware.errors import SdflInputError
 from hardware.platform import DEFAULT_PLATFORM, PlatformConfig, load_platform
 from hardware.rig import Rig, open_rig
 from tasks import acquisition, equilibration, features, formulation, inventory, lots, storage
+from tasks.choices import OnAlarm
 from tasks.objective import parse_objective
 from tasks.retry import INSTRUMENT_RETRIES, INSTRUMENT_RETRY_DELAYS_S, is_transient
 from tasks.spc import Signal, SpcSettings
 
-OnAlarm = Literal["pause", "continue", "stop"]
 Action = Literal["continue", "re-equilibrate", "stop"]
-DEFAULT_SPC_FEATURES = ("PL_I", "PL_peak_nm", "FWHM_nm")
+
+
+def _default(name: str):
+    """A setting's default, as the manufacture flow declares it."""
+    return ManufactureSettings.model_fields[name].default
+
+
+DEFAULT_SPC_FEATURES = tuple(_default("spc_features"))
 MIN_SAMPLE_SPACING_S = 30.0
 """A QC sample (autorange, 3 replicates, darks) takes ~20 s of platform time."""
 
@@ -41,17 +48,17 @@ class LotPlan:
 
     lot: str
     recipe: dict[str, float]
-    duration_h: float = 8.0
-    qc_every_min: float = 10.0
-    qualification_min: float = 60.0
-    qualification_points: int = 60
+    duration_h: float = _default("duration_h")
+    qc_every_min: float = _default("qc_every_min")
+    qualification_min: float = _default("qualification_min")
+    qualification_points: int = _default("qualification_points")
     """QC samples in the qualification window (taken qualification_min / points apart)."""
     spc_features: tuple[str, ...] = DEFAULT_SPC_FEATURES
     spc: SpcSettings = field(default_factory=SpcSettings)
-    on_alarm: OnAlarm = "pause"
-    decision_timeout_min: float = 60.0
-    auto_refill: bool = False
-    segment_min: float = 30.0
+    on_alarm: OnAlarm = _default("on_alarm")
+    decision_timeout_min: float = _default("decision_timeout_min")
+    auto_refill: bool = _default("auto_refill")
+    segment_min: float = _default("segment_min")
     """Pumps are programmed for this long at a time (x the volume margin): never continuous."""
     refill_horizon_min: float = 90.0
     """At a refill stop, also top up every syringe that would run dry within this time."""
@@ -262,7 +269,11 @@ class AlarmDecision(RunInput):
 
 
 def ask_operator(alarm: Alarm, plan: LotPlan) -> Decision:
-    """Pause for an operator decision on an alarm (Prefect input form); a timeout means stop."""
+    """Pause for an operator decision on an alarm (Prefect input form); a timeout means stop.
+    Without a Prefect server nobody could answer the form: the lot stops safely at once."""
+    if not someone_can_answer():
+        return Decision("stop", by="policy", note="on_alarm=pause, but no Prefect server to ask an operator "
+                        "(set PREFECT_API_URL, or choose on_alarm continue or stop)")
     text = (f"## Lot `{alarm.lot}`: out of control\n\n{alarm.describe()}\n\n"
             "The pumps run to the end of their programmed segment, then stop by themselves. "
             f"Without an answer within {plan.decision_timeout_min:g} min the lot stops safely.")
@@ -343,46 +354,40 @@ def lot_safe_hook(flow, flow_run, state) -> None:
         log.error("hook: could not record lot %s as stopped: %s", lot, exc)
 
 
-def _flow():
-    from prefect import flow
+def plan_from(settings: ManufactureSettings, platform: PlatformConfig, lot: str | None = None) -> LotPlan:
+    """The plan of a manufacture flow's settings: the recipe given, or the best of a campaign."""
+    if settings.recipe is None and settings.from_campaign is None:
+        raise SdflInputError("recipe: give the recipe (a value for each parameter of the space) or from_campaign "
+                             "(the best experiment of a campaign)")
+    recipe_from = "recipe"
+    if settings.from_campaign is not None:
+        recipe = recipe_from_campaign(settings.data_root, settings.from_campaign, platform, settings.objective)
+        recipe_from = f"campaign {settings.from_campaign} (best {settings.objective})"
+    else:
+        recipe = centred(platform, settings.recipe)
+    return LotPlan(lot=lot or lot_name(settings.lot), recipe=recipe, duration_h=settings.duration_h,
+                   qc_every_min=settings.qc_every_min, qualification_min=settings.qualification_min,
+                   qualification_points=settings.qualification_points, spc_features=tuple(settings.spc_features),
+                   on_alarm=settings.on_alarm, decision_timeout_min=settings.decision_timeout_min,
+                   auto_refill=settings.auto_refill, segment_min=settings.segment_min,
+                   conversion=settings.conversion, seed=settings.seed, data_root=settings.data_root,
+                   recipe_from=recipe_from)
 
-    return flow(name="manufacture", on_cancellation=[lot_safe_hook], on_crashed=[lot_safe_hook])
+
+def check_lot(settings: ManufactureSettings, platform: PlatformConfig, lot: str | None = None) -> LotPlan:
+    """Every check of a manufacture flow's settings that needs the platform; returns its plan."""
+    plan = plan_from(settings, platform, lot)
+    validate_lot(plan, platform)
+    if lots.lot_exists(settings.data_root, plan.lot):
+        raise SdflInputError(f"lot {plan.lot!r} already exists under {lots.lot_folder(settings.data_root, plan.lot)}; "
+                             "choose a new lot name")
+    return plan
 
 
-@_flow()
-def manufacture(
-    lot: Annotated[str, P.form(
-        "lot name (letters, digits, '_', '-', '.'); {date} and {time} are filled in (UTC), so a schedule makes "
-        "one lot per run; data under <data root>/lots/<lot>/")] = "lot-{date}-{time}",
-    recipe: Annotated[dict[str, float] | None, P.form(
-        "the recipe: a value for each parameter of the platform's space (see `sdfl platform`)")] = None,
-    from_campaign: Annotated[str | None, P.form("or: the best completed experiment of this campaign")] = None,
-    objective: P.Objective = "PL_I",
-    platform: P.PlatformName = DEFAULT_PLATFORM,
-    duration_h: Annotated[float, P.form("production time (h); simulated on the virtual lab",
-                                        exclusiveMinimum=0, maximum=24 * 31)] = 8.0,
-    qc_every_min: Annotated[float, P.form("minutes between QC samples", minimum=0.5)] = 10.0,
-    qualification_min: Annotated[float, P.form("minutes of QC that set the control limits",
-                                               exclusiveMinimum=0)] = 60.0,
-    qualification_points: Annotated[int, P.form("QC samples in the qualification window", minimum=10,
-                                                 maximum=500)] = 60,
-    spc_features: Annotated[list[str], P.form("features on control charts")] = list(DEFAULT_SPC_FEATURES),
-    on_alarm: Annotated[OnAlarm, P.form(
-        "pause: wait for an operator's decision (continue, re-equilibrate, stop) in a Prefect UI form; continue: log "
-        "and go on; stop: end the lot safely")] = "pause",
-    decision_timeout_min: Annotated[float, P.form("minutes to wait for a decision or a refill; then stop safely",
-                                                  exclusiveMinimum=0)] = 60.0,
-    auto_refill: Annotated[bool, P.form("virtual and emulated rigs: refill syringes without asking")] = False,
-    segment_min: Annotated[float, P.form("the pumps are programmed this many minutes ahead (x 1.25), never "
-                                         "continuously", exclusiveMinimum=0)] = 30.0,
-    conversion: Annotated[float | None, P.form(
-        "share of the limiting precursor converted, for the yield; empty: the virtual lab's truth",
-        exclusiveMinimum=0, maximum=1)] = None,
-    seed: P.RigSeed = None,
-    data_root: P.DataRoot = None,
-) -> dict[str, Any]:
-    """Hold a recipe for `duration_h` with QC every `qc_every_min`, control charts from a
-    qualification window, operator decisions on alarms (on_alarm="pause": a form with continue,
+@settings_flow(ManufactureSettings, on_cancellation=[lot_safe_hook], on_crashed=[lot_safe_hook])
+def manufacture(settings: ManufactureSettings) -> dict[str, Any]:
+    """Hold a recipe for hours with QC samples at a fixed interval, control charts from a
+    qualification window, operator decisions on alarms (on_alarm pause: a form with continue,
     re-equilibrate or stop), refill prompts before a syringe runs dry, and a yield estimate.
     Returns the lot summary; the report is published as artifacts."""
     from prefect import get_run_logger
@@ -393,24 +398,14 @@ def manufacture(
     from flows.reactor import reactor_lock
 
     log = get_run_logger()
-    lot = lot_name(lot)
-    config = load_platform(platform)
-    if (recipe is None) == (from_campaign is None):
-        raise SdflInputError("recipe / from_campaign: give exactly one of them")
-    recipe_from = "recipe"
-    if from_campaign is not None:
-        recipe = recipe_from_campaign(data_root, from_campaign, config, objective)
-        recipe_from = f"campaign {from_campaign} (best {objective})"
-        log.info("recipe from %s: %s", recipe_from, recipe)
-    plan = LotPlan(lot=lot, recipe=dict(recipe), duration_h=duration_h, qc_every_min=qc_every_min,
-                   qualification_min=qualification_min, qualification_points=qualification_points,
-                   spc_features=tuple(spc_features), on_alarm=on_alarm, decision_timeout_min=decision_timeout_min,
-                   auto_refill=auto_refill, segment_min=segment_min, conversion=conversion, seed=seed,
-                   data_root=data_root, recipe_from=recipe_from)
-    validate_lot(plan, config)  # before the rig is opened
-    if lots.lot_exists(data_root, lot):
-        raise SdflInputError(f"lot {lot!r} already exists under {lots.lot_folder(data_root, lot)}; "
-                             "choose a new lot name")
+    config = load_platform(settings.platform)
+    plan = check_lot(settings, config)  # before the rig is opened
+    lot, data_root, seed = plan.lot, plan.data_root, plan.seed
+    if settings.from_campaign is not None:
+        log.info("recipe from %s: %s", plan.recipe_from, plan.recipe)
+    if plan.on_alarm == "pause" and not someone_can_answer():
+        log.warning("lot %s: on_alarm is pause, but there is no Prefect server to ask an operator; an alarm "
+                    "stops the lot (set PREFECT_API_URL to decide in the UI)", lot)
     run_id = current_flow_run.get_id()
     progress = create_progress_artifact(progress=0.0, description=f"lot {lot}: share of the run done")
 

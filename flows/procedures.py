@@ -3,26 +3,20 @@ flow, holding the reactor like an experiment does."""
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
-
-from prefect import flow, get_run_logger
+from prefect import get_run_logger
 from prefect.artifacts import create_markdown_artifact
 
-from flows import parameters as P
 from flows.reactor import reactor_lock
-from hardware.platform import DEFAULT_PLATFORM, load_platform
+from flows.settings import ProcedureSettings, settings_flow
+from hardware.platform import load_platform
 from hardware.rig import open_rig
 from tasks.procedures import run_procedure
 
 
-@flow(name="rig-procedure")
-def rig_procedure(
-    procedure: Annotated[Literal["startup", "shutdown"], P.form(
-        "startup: purge and fill before a run; shutdown: flush the product out after it")] = "startup",
-    platform: P.PlatformName = DEFAULT_PLATFORM,
-    seed: P.RigSeed = None,
-) -> list[dict]:
-    """Run the platform's `[procedures]` steps on its rig and leave it safe. Returns the steps."""
+@settings_flow(ProcedureSettings)
+def rig_procedure(settings: ProcedureSettings) -> list[dict]:
+    """Run the platform's start-up or shut-down steps on its rig and leave it safe. Returns the steps."""
+    procedure, platform, seed = settings.procedure, settings.platform, settings.seed
     logger = get_run_logger()
     config = load_platform(platform)
     with reactor_lock(config.platform.name, logger):

@@ -67,7 +67,7 @@ def test_running_the_same_campaign_again_continues_to_the_new_budget(root):
     ({"policy": "simulated-annealing"}, "policy"),
     ({"budget": 0}, "budget"),
     ({"objective": "PLQY_percent"}, "unknown feature"),
-    ({"initial": 50, "budget": 10}, "initial design"),
+    ({"initial": 50, "budget": 10}, r"initial \(50\) must be at most the budget \(10\)"),
     ({"prior_campaign": "nothing-here"}, "no experiments"),
 ])
 def test_bad_settings_are_refused_and_start_nothing(root, settings, message):

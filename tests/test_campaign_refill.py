@@ -130,6 +130,6 @@ def test_the_command_line_stops_with_how_to_resume(sdfl, tmp_path):
 
     out = no_traceback(stopped)
     assert stopped.returncode != 0, out
-    last = [line for line in out.splitlines() if line.startswith("sdfl:")][-1]
+    last = [line for line in out.splitlines() if line.startswith("sdfl optimize:")][-1]
     assert "RefillNeeded" in last and "pfo needs" in last and "run the campaign again" in last
     assert 1 <= len(read_experiments(root, "dry")) < 6

@@ -189,7 +189,7 @@ def test_without_schema_enforcement_the_flow_itself_fails_the_run_naming_the_fie
     assert reply.status_code == 201, reply.text
     state = lab.wait(reply.json()["id"])
     assert state["type"] == "FAILED"
-    assert "SdflInputError: budget must be a positive number of experiments" in state["message"]
+    assert "SdflInputError: budget must be at least 1, got 0" in state["message"]
     assert not (lab.data / "unchecked" / "experiments").exists()
 
 

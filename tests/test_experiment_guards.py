@@ -79,7 +79,7 @@ def test_bad_replicates_are_refused_before_anything_moves(platform, condition, d
     from hardware.rig import open_rig
 
     rig = open_rig(platform, 42)
-    with pytest.raises(SdflInputError, match="replicates must be a whole number of at least 1"):
+    with pytest.raises(SdflInputError, match="replicates must be at least 1"):
         run_experiment(condition=condition, replicates=replicates, data_root=str(data_root), seed=42)
     assert not data_root.exists()
     assert rig.lab.pumps["cui"].dispensed_ul() == 0 and rig.heater.setpoint() is None

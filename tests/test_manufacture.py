@@ -163,11 +163,15 @@ def test_lot_names_fill_in_the_date_and_refuse_unsafe_names(platform, condition)
 
 def test_the_command_line_takes_a_lot_and_its_settings():
     from flows.cli import build_parser
+    from flows.cli_options import settings_from
+    from flows.settings import ManufactureSettings
 
     args = build_parser().parse_args(["manufacture", "--lot", "L-{date}", "--set", "temperature_c=145",
                                       "--hours", "12", "--qc-every", "5", "--on-alarm", "continue", "--auto-refill"])
-    assert (args.lot, args.hours, args.qc_every, args.on_alarm, args.auto_refill) == ("L-{date}", 12.0, 5.0,
-                                                                                      "continue", True)
+    settings = settings_from(args, ManufactureSettings)
+    assert (settings.lot, settings.duration_h, settings.qc_every_min, settings.on_alarm, settings.auto_refill) == \
+        ("L-{date}", 12.0, 5.0, "continue", True)
+    assert settings.recipe == {"temperature_c": 145.0}
     assert args.func.__name__ == "cmd_manufacture"
 
 

@@ -134,7 +134,7 @@ def test_a_temporary_server_that_cannot_start_ends_sdfl_with_one_line_saying_wha
         end_all(sdfl, tmp_path)
     assert sdfl.returncode == 2, errors
     assert "Traceback" not in errors, errors
-    said = [line for line in errors.splitlines() if line.startswith("sdfl:")]
+    said = [line for line in errors.splitlines() if line.startswith("sdfl experiment:")]
     assert len(said) == 1, errors
     assert "temporary server did not start within 1 s" in said[0]
     assert "make server" in said[0] and "PREFECT_API_URL" in said[0]
@@ -167,7 +167,7 @@ def test_ctrl_c_in_a_terminal_stops_sdfl_which_records_the_crash_and_stops_its_s
         end_all(sdfl, tmp_path)
     output = log.read_text()
     assert sdfl.returncode == 130, output[-3000:]
-    assert "sdfl: stopped (interrupted); the rig was put in its safe state" in output
+    assert "sdfl experiment: stopped (interrupted); the rig was put in its safe state" in output
     record = read_experiments(tmp_path / "data", "ctrl-c")
     assert list(record["status"]) == ["crashed"]
     assert not processes_with_home(tmp_path / "prefect")

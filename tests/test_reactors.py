@@ -81,7 +81,7 @@ def test_the_optimize_flow_spreads_a_campaign_over_virtual_reactors(tmp_path):
 
 @pytest.mark.usefixtures("prefect_harness")
 @pytest.mark.parametrize(("settings", "message"), [
-    ({"reactors": 0}, "reactors must be a whole number of at least 1"),
+    ({"reactors": 0}, "reactors must be at least 1"),
     ({"remote_reactors": ["reactor-2"]}, "'<flow name>/<deployment name>'"),
     ({"remote_reactors": ["run-experiment/nowhere"]}, "no such deployment"),
 ])
