@@ -47,7 +47,7 @@ class Target:
     peak_nm: float
     tolerance_nm: float = 2.0
     """On target when |peak - peak_nm| <= this."""
-    quality: str = DEFAULT_QUALITY
+    quality: str | None = None
     """Objective expression to maximise (the PLQY proxy), e.g. PL_I or PL_A / (1 - 10 ** (-Abs_300))."""
     fwhm: str = DEFAULT_FWHM
     """Objective expression to minimise (the emission width); FWHM_nm by default."""
@@ -90,8 +90,9 @@ class Target:
         """One line, also the study's objective attribute (a resumed campaign must match it)."""
         limits = [f"{self.fwhm} <= {self.max_fwhm_nm:g}"] if self.max_fwhm_nm is not None else []
         limits += [f"{self.quality} >= {self.min_quality:g}"] if self.min_quality is not None else []
+        quality = self.quality or "the platform's relative PLQY"
         text = (f"target {PEAK_FEATURE} {self.peak_nm:.2f} nm ({self.peak_ev:.4f} eV) +/- {self.tolerance_nm:g} nm; "
-                f"maximise {self.quality}; minimise {self.fwhm}")
+                f"maximise {quality}; minimise {self.fwhm}")
         return text + (f"; limits {', '.join(limits)}" if limits else "")
 
     def settings(self) -> dict:
@@ -181,10 +182,11 @@ def check_target(target: Target, platform) -> TargetObjective:
         raise SdflInputError(f"weights must be three positive numbers (peak, quality, FWHM), got {weights!r}")
     columns = feature_columns(settings)
     quality_field = "quality"
-    if target.quality == DEFAULT_QUALITY and platform.features.plqy_proxy:
-        # The default quality is "the platform's relative PLQY": its own formula where it has one.
-        target = replace(target, quality=platform.features.plqy_proxy)
-        quality_field = f"features.plqy_proxy of {platform.source or platform.platform.name}"
+    if target.quality is None:
+        # No quality given: the platform's relative PLQY, its own formula where it has one.
+        target = replace(target, quality=platform.features.plqy_proxy or DEFAULT_QUALITY)
+        if platform.features.plqy_proxy:
+            quality_field = f"features.plqy_proxy of {platform.source or platform.platform.name}"
     quality = _parse(quality_field, target.quality, columns)
     fwhm = _parse("fwhm", target.fwhm, columns)
     return TargetObjective(target, quality, fwhm)
