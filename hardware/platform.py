@@ -286,7 +286,7 @@ class PlatformConfig(_Strict):
                 value = param.high
             if not math.isfinite(value) or not (param.low <= value <= param.high):
                 problems.append(
-                    f"{param.name} = {value:g} is outside [{param.low:g}, {param.high:g}] {param.unit}"
+                    f"{param.name} = {value:g} is outside {param.range_text}"
                 )
             out[param.name] = value
         if problems:
@@ -297,7 +297,8 @@ class PlatformConfig(_Strict):
         return out
 
     def describe_space(self) -> str:
-        return ", ".join(f"{p.name} in [{p.low:g}, {p.high:g}] {p.unit}" for p in self.parameters)
+        """The space in one line: "temperature_c in [120, 150] degC, cui_fraction in [0.15, 0.55], ..."."""
+        return ", ".join(f"{p.name} in {p.range_text}" for p in self.parameters)
 
 
 def _unique(what: str, names: list[str]) -> None:

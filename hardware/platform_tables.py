@@ -20,6 +20,7 @@ from hardware.units import (
     VolumeUL,
     check_unit,
     parse_quantity,
+    with_unit,
 )
 from hardware.virtual.faults import FaultPlan
 
@@ -231,6 +232,11 @@ class ParameterConfig(_Strict):
         """Factor from the parameter's unit to the canonical one (s, uL/min, ...)."""
         return _KIND_UNITS[self.kind][self.unit]
 
+    @property
+    def range_text(self) -> str:
+        """The bounds as a user reads them: "[120, 150] degC", "[0.15, 0.55]" for a fraction."""
+        return with_unit(f"[{self.low:g}, {self.high:g}]", self.unit)
+
     @model_validator(mode="after")
     def _check(self) -> ParameterConfig:
         dimension = _KIND_DIMENSION[self.kind]
@@ -238,6 +244,9 @@ class ParameterConfig(_Strict):
         if self.unit not in allowed:
             if self.kind != "flowrate":
                 check_unit(self.unit, dimension)
+            if self.kind == "fraction":
+                raise ValueError(f"parameter {self.name!r} of kind 'fraction' is a number between 0 and 1 "
+                                 f"without a unit; leave out unit = {self.unit!r}")
             units = f"unit {next(iter(allowed))!r}" if len(allowed) == 1 else f"one of the units {sorted(allowed)}"
             raise ValueError(f"parameter {self.name!r} of kind {self.kind!r} must use {units}, not {self.unit!r}")
         if not (math.isfinite(self.low) and math.isfinite(self.high)) or self.low >= self.high:
@@ -343,11 +352,13 @@ class RegimeRuleConfig(_Strict):
     min: float | None = None
     max: float | None = None
     action: Literal["warn", "reject"] = "warn"
-    source: str = ""
+    source: str = Field(default="", description=(
+        "why the bound is there, in words a user reads in the warning (keep literature tags in a # comment)"))
 
 
+# The rules and their ranges come from the flow-synthesis review (paper 002, FACTS.md section P2).
 class RegimeConfig(_Strict):
-    """Flow-regime checks at formulation: the fluids, the reactor tube and the rules (paper 002).
+    """Flow-regime checks at formulation: the fluids, the reactor tube and the rules.
 
     The numbers are computed at the first reactor segment for the total flow through it. `rules`
     replace the defaults for each number they name."""

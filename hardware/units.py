@@ -70,6 +70,21 @@ def to_canonical(text: str | float, dimension: str) -> float:
         ) from exc
 
 
+DIMENSIONLESS = frozenset({"1", "", "dimensionless"})
+"""How a config writes "no unit" (a fraction between 0 and 1)."""
+
+
+def unit_label(unit: str) -> str:
+    """The unit as a user should see it after a number: "" for a dimensionless fraction ("1")."""
+    return "" if unit.strip() in DIMENSIONLESS else unit
+
+
+def with_unit(text: str, unit: str) -> str:
+    """`text` followed by its unit ("[120, 150] degC"), or `text` alone for a fraction."""
+    label = unit_label(unit)
+    return f"{text} {label}" if label else text
+
+
 def unit_validator(dimension: str) -> BeforeValidator:
     return BeforeValidator(lambda value: to_canonical(value, dimension))
 

@@ -6,7 +6,8 @@ campaign's study is multi-objective (peak error, quality, FWHM: see `tasks/targe
 Parquet dataset and the study together are the campaign's state: `reconcile` settles the trials
 a crash left running, `rebuild_from_dataset` rebuilds a lost study from the recorded
 experiments, and `ensure_design` completes an initial design a crash cut short, so a campaign
-resumes where it stopped and never reuses an experiment id.
+resumes where it stopped and never reuses an experiment id. `record_policy` notes the policy of
+each run, so a resume with another policy can say so.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from hardware.errors import LedgerUnusable, SdflInputError
 from hardware.platform import PlatformConfig
+from hardware.units import with_unit
 from tasks.storage import data_root, read_experiments
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -120,17 +122,64 @@ def open_study(campaign: str, platform: PlatformConfig, objective: str, storage:
 
 def _check_same(study: optuna.Study, campaign: str, platform: PlatformConfig, objective: str,
                 directions: list[str]) -> None:
+    """Refuse to resume a study set up with another objective, kind of campaign or parameter
+    space; the error names each setting that differs, with its stored and its new value."""
     attrs = study.user_attrs
-    differs = []
-    if attrs.get("space") != space_signature(platform):
-        differs.append(f"parameter space (it was run on platform {attrs.get('platform')!r})")
+    stored_directions = [d.name.lower() for d in study.directions]
+    refused = []  # (setting, how it differs, how to resume with the stored setting)
     if attrs.get("objective") != objective:
-        differs.append(f"objective (it has {attrs.get('objective')!r}, this run asks for {objective!r})")
-    if [d.name.lower() for d in study.directions] != directions:
-        differs.append("kind of campaign (single objective or target)")
-    if differs:
-        raise SdflInputError(f"campaign {campaign!r} already exists with another {' and another '.join(differs)}; "
-                             "resume it with the same settings or choose a new campaign name")
+        refused.append(("objective", f"it ran with {attrs.get('objective')!r}, this run asks for {objective!r}",
+                        f"objective {attrs.get('objective')!r}"))
+    if stored_directions != directions:
+        refused.append(("kind of campaign", f"it ran as {_kind(stored_directions)}, this run asks for "
+                        f"{_kind(directions)}", _kind(stored_directions)))
+    other_platform = attrs.get("platform") not in (None, platform.platform.name)
+    if attrs.get("space") != space_signature(platform):
+        refused.append(("parameter space", _space_difference(attrs.get("space"), platform),
+                        "the parameter space it ran on" if other_platform else
+                        f"the parameter space it ran on (platform {platform.platform.name!r} as it was then)"))
+    if not refused:
+        return
+    settings = list(refused)
+    if other_platform:
+        settings.append(("platform", f"it ran on {attrs.get('platform')!r}, this run uses {platform.platform.name!r}",
+                         f"platform {attrs.get('platform')!r}"))
+    if len(settings) == 1:
+        differs = f"another {settings[0][0]}: {settings[0][1]}"
+    else:
+        differs = "other settings: " + "; ".join(f"{what} ({how})" for what, how, _ in settings)
+    resume = " and ".join(fix for *_, fix in settings)
+    raise SdflInputError(f"campaign {campaign!r} already exists with {differs}. Choose a new campaign name for "
+                         f"these settings, or resume it with {resume}")
+
+
+def _kind(directions: Sequence[str]) -> str:
+    """A study's directions in words: "a single objective to maximize", "a target campaign with
+    objectives to minimize, maximize and minimize"."""
+    if len(directions) == 1:
+        return f"a single objective to {directions[0]}"
+    return f"a target campaign with objectives to {', '.join(directions[:-1])} and {directions[-1]}"
+
+
+def _space_difference(stored: list | None, platform: PlatformConfig) -> str:
+    """How a stored space signature differs from this platform's space, in words."""
+    if not stored:
+        return f"none was recorded, this run asks for {platform.describe_space()}"
+    old = {name: (low, high) for name, low, high in stored}
+    new = {p.name: p for p in platform.parameters}
+    gone, added = [n for n in old if n not in new], [n for n in new if n not in old]
+    parts = []
+    if gone and added:
+        parts.append(f"it had {', '.join(gone)}, this platform has {', '.join(added)} instead")
+    elif gone:
+        parts.append(f"it had {', '.join(gone)}, which this platform lacks")
+    elif added:
+        parts.append(f"this platform adds {', '.join(added)}")
+    for name in (n for n in old if n in new and tuple(old[n]) != (new[n].low, new[n].high)):
+        low, high = old[name]
+        parts.append(f"{name} was in {with_unit(f'[{low:g}, {high:g}]', new[name].unit)}, "
+                     f"now in {new[name].range_text}")
+    return ", ".join(parts) or f"the same parameters in another order (it had {', '.join(old)})"
 
 
 def ensure_design(study: optuna.Study, conditions: Sequence[dict]) -> int:
@@ -150,6 +199,17 @@ def ensure_design(study: optuna.Study, conditions: Sequence[dict]) -> int:
             study.enqueue_trial(dict(condition), user_attrs={"design_index": index})
             added += 1
     return added
+
+
+def record_policy(study: optuna.Study, policy: str) -> str | None:
+    """Store the policy that proposes this run's conditions in the study; return the policy it
+    ran with before when that differs (None on first use, or when it is the same)."""
+    if not isinstance(policy, str) or not policy:
+        raise SdflInputError(f"a campaign's policy is a name such as 'ucb', got {policy!r}")
+    before = study.user_attrs.get("policy")
+    if before != policy:
+        study.set_user_attr("policy", policy)
+    return before if before is not None and before != policy else None
 
 
 def trial_number_of(campaign: str, experiment_id: str) -> int | None:

@@ -304,7 +304,8 @@ def absent_numbers(
 class RegimeRule:
     """A bound on one regime number: below `min` or above `max` triggers `action`.
 
-    `source` says where the bound comes from (a FACTS.md line reference such as "P2:L96").
+    `source` says in a few words why the bound is there; it is shown with every breach, so it
+    speaks to the user ("annular flow above"). Literature references belong in comments.
     """
 
     number: str
@@ -329,8 +330,8 @@ class RegimeRule:
         return f"regime_{self.number}"
 
     def breach(self, value: float) -> str | None:
-        """A message such as "Ca = 0.03 > 0.01 [P2:L96]" if `value` breaks the rule, else None."""
-        source = f" [{self.source}]" if self.source else ""
+        """A message such as "Ca = 0.03 > 0.01 (annular flow above)" if `value` breaks the rule, else None."""
+        source = f" ({self.source})" if self.source else ""
         if self.min is not None and value < self.min:
             return f"{self.number} = {value:.3g} < {self.min:.3g}{source}"
         if self.max is not None and value > self.max:
@@ -402,9 +403,10 @@ def default_rules_single_phase() -> list[RegimeRule]:
     """The review's mass-transfer gates plus the laminar limit, all as warnings (single-phase
     flow has no plugs to break up, so nothing here makes a condition impossible)."""
     return [
-        RegimeRule("Re", max=1800.0, action="warn", source="P0:L58 laminar below 1800-2300"),
-        RegimeRule("Pe", min=1e3, max=1e5, action="warn", source="P2:L86"),
-        RegimeRule("Da", max=1.0, action="warn", source="P2:L84"),
+        # Re [P0:L58], Pe [P2:L86], Da [P2:L84]
+        RegimeRule("Re", max=1800.0, action="warn", source="laminar below 1800-2300"),
+        RegimeRule("Pe", min=1e3, max=1e5, action="warn", source="mixing range for reproducible products"),
+        RegimeRule("Da", max=1.0, action="warn", source="reaction faster than mixing above 1"),
     ]
 
 
@@ -418,10 +420,11 @@ def default_rules_segmented() -> list[RegimeRule]:
     """
     return [
         *default_rules_single_phase(),
-        RegimeRule("Ca", max=0.01, action="reject", source="P2:L96"),
-        RegimeRule("Bo", max=0.01, action="warn", source="P2:L96"),
-        RegimeRule("Bo", max=0.3, action="reject", source="P2:L96"),
-        RegimeRule("We", max=1.0, action="reject", source="P2:L96"),
+        # all four [P2:L96]
+        RegimeRule("Ca", max=0.01, action="reject", source="annular flow above"),
+        RegimeRule("Bo", max=0.01, action="warn", source="ideal segmented flow below"),
+        RegimeRule("Bo", max=0.3, action="reject", source="highest stable value reported"),
+        RegimeRule("We", max=1.0, action="reject", source="jetting above"),
     ]
 
 

@@ -187,13 +187,13 @@ def test_rejection_names_the_rule():
     numbers = regime_numbers(WATERLIKE, TUBE, fast, carrier=CARRIER)
     report = check_regime(numbers, default_rules_segmented())
     assert not report.ok
-    assert [b.message for b in report.rejections] == ["Ca = 0.012 > 0.01 [P2:L96]", "We = 1.8 > 1 [P2:L96]"]
+    assert [b.message for b in report.rejections] == ["Ca = 0.012 > 0.01 (annular flow above)", "We = 1.8 > 1 (jetting above)"]
     with pytest.raises(InfeasibleCondition) as info:
         enforce_regime(report)
     assert info.value.rule == "regime_Ca"
     assert str(info.value).startswith("[rule regime_Ca]")
     assert "We = 1.8 > 1" in str(info.value)
-    assert report.as_record()["rejections"] == ["Ca = 0.012 > 0.01 [P2:L96]", "We = 1.8 > 1 [P2:L96]"]
+    assert report.as_record()["rejections"] == ["Ca = 0.012 > 0.01 (annular flow above)", "We = 1.8 > 1 (jetting above)"]
 
 
 def test_warnings_do_not_reject():
@@ -201,14 +201,14 @@ def test_warnings_do_not_reject():
     report = check_regime(numbers, default_rules_segmented())
     assert report.ok
     messages = [b.message for b in report.warnings]
-    assert messages == ["Da = 312 > 1 [P2:L84]", "Bo = 0.157 > 0.01 [P2:L96]"]
+    assert messages == ["Da = 312 > 1 (reaction faster than mixing above 1)", "Bo = 0.157 > 0.01 (ideal segmented flow below)"]
     assert enforce_regime(report) is report
 
 
 def test_min_bound_and_platform_choice_of_action():
-    rules = [RegimeRule("Pe", min=1e3, max=1e5, action="reject", source="P2:L86")]
+    rules = [RegimeRule("Pe", min=1e3, max=1e5, action="reject", source="mixing range")]
     report = check_regime({"Pe": 50.0}, rules)
-    assert report.rejections[0].message == "Pe = 50 < 1e+03 [P2:L86]"
+    assert report.rejections[0].message == "Pe = 50 < 1e+03 (mixing range)"
     with pytest.raises(InfeasibleCondition, match=r"\[rule regime_Pe\]"):
         enforce_regime(report)
 
