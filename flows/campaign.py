@@ -123,6 +123,8 @@ def _repairs(state: CampaignState, campaign: str) -> dict:
         out["ledger_rebuilt_from"] = len(state.rebuilt)
     if state.set_aside:
         out["set_aside"] = [{"file": str(src), "moved_to": str(dst), "why": why} for src, dst, why in state.set_aside]
+    if state.policy_before:
+        out["policy_changed"] = {"before": state.policy_before, "now": state.plan.policy}
     if state.reconciled and state.reconciled.missing:
         out["missing_records"] = [ledger.experiment_id_for(campaign, n) for n in state.reconciled.missing]
     return out
@@ -141,7 +143,7 @@ def optimize(settings: OptimizeSettings) -> dict[str, Any]:
 @settings_flow(ExploreSettings)
 def explore(settings: ExploreSettings) -> dict[str, Any]:
     """Build a digital twin: Latin-hypercube points, then an exploration policy (integrated
-    variance reduction by default; the paper's maximum variance with policy mv), until the
+    variance reduction by default, or maximum variance with policy mv), until the
     surrogate's held-out R^2 reaches the target (checked every few experiments) or the budget
     ends. The trained model is saved under the campaign folder for use as a prior."""
     return _campaign_flow(settings, settings.explain)

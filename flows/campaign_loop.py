@@ -98,6 +98,8 @@ class CampaignState:
     """Trials rebuilt from the dataset because the study was missing."""
     set_aside: list = field(default_factory=list)
     """(file, where it went, why) for damaged or foreign files moved out of the campaign's folders."""
+    policy_before: str | None = None
+    """The policy the campaign ran with before this run, when this run uses another one."""
 
 
 def family_of(plan: CampaignPlan) -> str:
@@ -248,6 +250,11 @@ def run_campaign(rig: Rig | list[Rig], plan: CampaignPlan, steps: Steps, on_prog
             log.warning("campaign %s: its ledger (Optuna study) was missing from %s; rebuilt it from the %d "
                         "recorded experiments, so it resumes where the dataset stops", plan.campaign, url,
                         len(state.rebuilt))
+    previous = ledger.record_policy(study, plan.policy)
+    if previous is not None:
+        state.policy_before = previous
+        log.warning("campaign %s: resumed with policy %s; it ran with %s before (the experiments so far stay "
+                    "as they were)", plan.campaign, plan.policy, previous)
     state.reconciled = ledger.reconcile(study, plan.campaign, plan.data_root, objective, plan.in_flight,
                                         record_failure=lambda trial, eid: _record_crashed(rigs[0], plan, trial, eid))
     if state.reconciled.missing:

@@ -161,8 +161,9 @@ def cmd_platform(args) -> int:
     cfg = load_platform(args.platform)
     print(f"{cfg.platform.name} ({cfg.platform.kind}): {cfg.platform.description}\nfile: {cfg.source}\n")
     print("parameter space:")
+    width = max(len(p.range_text) for p in cfg.parameters)
     for p in cfg.parameters:
-        print(f"  {p.name:<18} [{p.low:g}, {p.high:g}] {p.unit if p.unit != '1' else '':<5} {p.description}")
+        print(f"  {p.name:<18} {p.range_text:<{width}}  {p.description}")
     print("\npumps:")
     for p in cfg.pumps:
         print(f"  {p.name:<10} {p.role:<8} stock {p.stock:<10} syringe {p.syringe_volume / 1000:g} mL, "
@@ -361,6 +362,9 @@ def _print_repairs(summary: dict) -> None:
     if "ledger_rebuilt_from" in summary:
         print(f"ledger: the Optuna study was missing and was rebuilt from {summary['ledger_rebuilt_from']} "
               "recorded experiments")
+    if "policy_changed" in summary:
+        change = summary["policy_changed"]
+        print(f"policy: this run used {change['now']}; the campaign ran with {change['before']} before")
     for item in summary.get("set_aside", []):
         print(f"set aside: {item['file']} ({item['why']}) -> {item['moved_to']}")
     if summary.get("missing_records"):

@@ -55,9 +55,11 @@ def test_optimize_runs_records_and_explains(root):
 
 
 def test_running_the_same_campaign_again_continues_to_the_new_budget(root):
-    optimize(campaign="grow", budget=6, initial=4, seed=4, data_root=root, explain=False)
-    summary = optimize(campaign="grow", budget=8, initial=4, seed=4, data_root=root, explain=False)
+    first = optimize(campaign="grow", budget=6, initial=4, seed=4, data_root=root, explain=False)
+    assert "policy_changed" not in first
+    summary = optimize(campaign="grow", budget=8, initial=4, seed=4, data_root=root, explain=False, policy="ucb")
     assert summary["experiments"] == 8
+    assert summary["policy_changed"] == {"before": "ei", "now": "ucb"}  # said, not changed silently
     rows = read_experiments(root, "grow")
     assert len(rows) == 8 and rows["experiment_id"].is_unique
     assert len(study_of(root, "grow").trials) == 8  # no second initial design
