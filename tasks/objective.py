@@ -12,7 +12,7 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from hardware.errors import SdflInputError
+from hardware.errors import SdflInputError, did_you_mean
 
 _FUNCTIONS: dict[str, Callable[[float], float]] = {
     "log": math.log, "log10": math.log10, "sqrt": math.sqrt, "exp": math.exp, "abs": abs,
@@ -66,7 +66,9 @@ def parse_objective(expression: str, feature_columns: list[str]) -> Objective:
     unknown = sorted(set(features) - set(feature_columns))
     if unknown:
         numeric = [c for c in feature_columns if not c.startswith("flag_")]
-        raise SdflInputError(f"objective {expression!r} names unknown feature(s) {unknown}; known: {numeric}")
+        hint = did_you_mean(unknown[0], numeric)
+        raise SdflInputError(f"objective {expression!r} names unknown feature(s) {', '.join(unknown)}{hint}; the "
+                             f"features are: {', '.join(numeric)}")
     if not features:
         raise SdflInputError(f"objective {expression!r} uses no feature")
     return Objective(expression.strip(), tuple(dict.fromkeys(features)), tree)

@@ -52,7 +52,7 @@ def test_a_flag_column_is_a_feature_too():
 
 
 def test_an_unknown_feature_is_refused_with_the_known_ones_listed():
-    with pytest.raises(SdflInputError, match=r"unknown feature\(s\) \['PLQY'\]") as error:
+    with pytest.raises(SdflInputError, match=r"unknown feature\(s\) PLQY") as error:
         parse_objective("PLQY / FWHM_nm", COLUMNS)
     message = str(error.value)
     assert "PL_I" in message and "FWHM_nm" in message
