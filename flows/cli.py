@@ -12,14 +12,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import os
 import signal
 import sys
-import time
-from contextlib import contextmanager
 from pathlib import Path
 
+from flows.cli_console import terminal_run
 from flows.cli_options import add_settings, settings_from
 from flows.settings import (
     DemoSettings,
@@ -59,89 +57,6 @@ def recorded_parameters(frame) -> list[str]:
 
 STUDY_NOTE = ("settle_tau: when the slowest feature is within 1 % of its final value, in residence times tau; "
               "resolved_features = 0: the step moved no feature by more than twice its noise (nothing to wait for)")
-
-
-class _QuietTaskRuns(logging.Filter):
-    """Drop the task-run chatter (created, finished in state Completed or Cached) from the terminal."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if record.levelno >= logging.WARNING:
-            return True
-        message = str(record.msg)
-        return not (message.startswith("Finished in state") or message.startswith("Created task run"))
-
-
-class _NoTraceback(logging.Filter):
-    """Keep tracebacks out of the terminal (they go to the log file; --debug shows them)."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if record.exc_info:
-            record = logging.makeLogRecord(record.__dict__)
-            record.exc_info, record.exc_text = None, None
-        return True
-
-
-def _terminal_handlers():
-    """Handlers that print to the terminal (Prefect's console handler and plain stream handlers)."""
-    seen = []
-    for logger in [logging.getLogger(), *[logging.getLogger(n) for n in list(logging.root.manager.loggerDict)]]:
-        for handler in getattr(logger, "handlers", []):
-            stream = getattr(handler, "stream", None)
-            if stream in (sys.stderr, sys.stdout) and not isinstance(handler, logging.FileHandler) \
-                    and handler not in seen:
-                seen.append(handler)
-    return seen
-
-
-@contextmanager
-def _quick_prefect(args):
-    """Prefect for one interactive run: no flow-run heartbeats (they add ~1 s per run), the task-run
-    chatter off unless -v, tracebacks only in the log file unless --debug."""
-    from flows.prefect_server import use_sdfl_temporary_server
-
-    use_sdfl_temporary_server()  # Prefect's temporary server, if one is needed, goes when sdfl goes
-    from prefect.logging.configuration import setup_logging
-    from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
-
-    setup_logging()
-    quiet, plain = _QuietTaskRuns(), _NoTraceback()
-    handlers = _terminal_handlers()
-    for handler in handlers:
-        if not args.verbose:
-            handler.addFilter(quiet)
-        if not args.debug:
-            handler.addFilter(plain)
-    log_file = _log_file(args)
-    try:
-        with temporary_settings({PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
-            yield
-    finally:
-        for handler in handlers:
-            handler.removeFilter(quiet)
-            handler.removeFilter(plain)
-        if log_file is not None:
-            logging.getLogger().removeHandler(log_file)
-            logging.getLogger("prefect").removeHandler(log_file)
-            log_file.close()
-
-
-def _log_file(args) -> logging.Handler | None:
-    """Everything a run logs, tracebacks included, into <data root>/logs/; its path in args.log_path."""
-    from tasks.storage import data_root
-
-    folder = data_root(getattr(args, "data_root", None)) / "logs"
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        path = folder / f"sdfl-{args.command}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log"
-        handler = logging.FileHandler(path, encoding="utf-8")
-    except OSError:
-        return None  # the run's own checks say what is wrong with the data root
-    handler.setLevel(logging.DEBUG if args.debug else logging.INFO)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    for name in ("", "prefect"):  # Prefect's loggers do not pass records on to the root logger
-        logging.getLogger(name).addHandler(handler)
-    args.log_path = str(path)
-    return handler
 
 
 def _print_frame(frame, columns=None) -> None:
@@ -242,7 +157,7 @@ def cmd_experiment(args) -> int:
             print(f"(centre of the space for: {', '.join(defaulted)})")
     from flows.experiment import run_experiment
 
-    with _quick_prefect(args):
+    with terminal_run(args):
         row = run_experiment(**settings.values())
     if args.json:
         print(json.dumps(row, default=str, indent=1))
@@ -302,7 +217,7 @@ def cmd_seek_target(args) -> int:
     settings, _ = _ready(args, SeekTargetSettings)
     from flows.campaign import seek_target
 
-    with _quick_prefect(args):
+    with terminal_run(args):
         summary = seek_target(**settings.values())
     _print_target(summary)
     return 0
@@ -313,7 +228,7 @@ def cmd_procedure(args) -> int:
     settings, _ = _ready(args, ProcedureSettings, **word)
     from flows.procedures import rig_procedure
 
-    with _quick_prefect(args):
+    with terminal_run(args):
         steps = rig_procedure(**settings.values())
     for step in steps:
         print(f"{step['step']:<6} {step['t_start_s'] / 60:7.1f} -> {step['t_end_s'] / 60:7.1f} min  {step['detail']}")
@@ -326,7 +241,7 @@ def cmd_study(args) -> int:
     settings, _ = _ready(args, ResidenceTimeSettings)
     from flows.characterize import residence_time_study
 
-    with _quick_prefect(args):
+    with terminal_run(args):
         result = residence_time_study(**settings.values())
     print("\nresidence-time study: settling time per step (slowest of Abs_300, PL_I, PL_A)")
     _print_frame(pd.DataFrame(result["steps"]))
@@ -376,7 +291,7 @@ def cmd_optimize(args) -> int:
     settings, _ = _ready(args, OptimizeSettings)
     from flows.campaign import optimize
 
-    with _quick_prefect(args):
+    with terminal_run(args):
         summary = optimize(**settings.values())
     _print_campaign(summary)
     return 0
@@ -386,7 +301,7 @@ def cmd_explore(args) -> int:
     settings, _ = _ready(args, ExploreSettings)
     from flows.campaign import explore
 
-    with _quick_prefect(args):
+    with terminal_run(args):
         summary = explore(**settings.values())
     _print_campaign(summary)
     return 0
@@ -396,7 +311,7 @@ def cmd_manufacture(args) -> int:
     settings, _ = _ready(args, ManufactureSettings)
     from flows.manufacture import manufacture
 
-    with _quick_prefect(args):
+    with terminal_run(args):
         summary = manufacture(**settings.values())
     print(f"\nlot {summary['lot']}: {summary['status']} ({summary.get('reason') or ''})")
     print(f"produced {summary['produced_h']:.2f} h of {summary['duration_h']:g} h; QC samples {summary['samples']}, "
@@ -435,7 +350,7 @@ def cmd_demo(args) -> int:
     settings, _ = _ready(args, DemoSettings)
     from flows.demo import demo
 
-    with _quick_prefect(args):
+    with terminal_run(args):
         result = demo(**settings.values())
     print("\n== residence-time study: settling time per step (slowest of Abs_300, PL_I, PL_A) ==")
     _print_frame(pd.DataFrame(result["study"]["steps"]))
@@ -583,6 +498,11 @@ def main(argv: list[str] | None = None) -> int:
             raise
         what = f"{type(exc).__name__}: {exc}"
         where = getattr(args, "log_path", None)
+        if where:  # the traceback, for whoever looks into the failure
+            import traceback
+
+            with open(where, "a", encoding="utf-8") as log:
+                log.write("\nThe run failed:\n" + "".join(traceback.format_exception(exc)))
         print(f"{command}: the run failed: {what}" + (f"\nfull log: {where}" if where else "")
               + " (run again with --debug to see the Python traceback)", file=sys.stderr)
         return 1

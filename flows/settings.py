@@ -251,6 +251,11 @@ def _exactly_one(first: str, a: Any, second: str, b: Any, what: str) -> None:
         raise ValueError(f"{what}: give {first} or {second}, exactly one of them")
 
 
+def _not_both(first: str, a: Any, second: str, b: Any) -> None:
+    if a is not None and b is not None:
+        raise ValueError(f"{first} and {second}: give one of them, not both")
+
+
 # --- one model per flow family -----------------------------------------------------------------
 class ExperimentSettings(FlowSettings):
     """One condition on a reactor, recorded as one experiment."""
@@ -273,8 +278,7 @@ class ExperimentSettings(FlowSettings):
 
     @model_validator(mode="after")
     def _condition_or_flowrates(self):
-        if self.condition is not None and self.flowrates_ul_min is not None:
-            raise ValueError("condition and flowrates_ul_min: give one of them, not both")
+        _not_both("condition", self.condition, "flowrates_ul_min", self.flowrates_ul_min)
         return self
 
     def check(self, platform) -> None:
@@ -442,8 +446,7 @@ class ManufactureSettings(FlowSettings):
 
     @model_validator(mode="after")
     def _one_recipe(self):
-        if self.recipe is not None and self.from_campaign is not None:
-            raise ValueError("recipe and from_campaign: give one of them, not both")
+        _not_both("recipe", self.recipe, "from_campaign", self.from_campaign)
         return self
 
     def check(self, platform) -> None:

@@ -103,3 +103,25 @@ def test_help_shows_every_default(command):
         assert flag in text, flag
         assert ("required" if field.is_required() else "default: ") in text
     assert text.count("default: ") + text.count("; required") >= len(model.model_fields)
+
+
+def test_a_run_that_fails_ends_with_one_line_and_the_log_path(sdfl, tmp_path):
+    """An instrument fails mid-run (a pump stalls on the virtual lab): exit 1, one line saying
+    what failed and where the full log is, no traceback in the terminal; the log has it all."""
+    from hardware.platform import PLATFORM_DIR
+
+    text = (PLATFORM_DIR / "virtual-cs3cu2i5.toml").read_text().replace(
+        "[virtual.faults]\n", '[virtual.faults]\nstall_pump = "oa_cu"\nstall_at_s = 5\n')
+    stalling = tmp_path / "stalling.toml"
+    stalling.write_text(text)
+    root = tmp_path / "data"
+
+    done = sdfl("experiment", "--platform", str(stalling), "--data-root", str(root))
+
+    out = done.stdout + done.stderr
+    assert done.returncode == 1, out[-3000:]
+    assert "Traceback" not in out, out[-3000:]
+    last = [line for line in out.splitlines() if line.startswith("sdfl experiment:")]
+    assert len(last) == 1 and "the run failed: PumpStalled" in last[0], out[-3000:]
+    log = out.split("full log: ", 1)[1].split(" (run again", 1)[0].strip()
+    assert log.startswith(str(root / "logs")) and "Traceback" in open(log).read()
