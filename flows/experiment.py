@@ -17,7 +17,7 @@ from prefect import get_run_logger
 from prefect.runtime import flow_run as current_flow_run
 
 from flows.reactor import reactor_lock
-from flows.settings import ExperimentSettings, settings_flow
+from flows.settings import ExperimentSettings, check_request, settings_flow
 from hardware.errors import LabNotReady, SdflInputError
 from hardware.platform import DEFAULT_PLATFORM, PlatformConfig, load_platform
 from hardware.rig import Rig, open_rig
@@ -65,36 +65,6 @@ def prefect_steps(virtual: bool) -> Steps:
         extract=features.extract_features_task,
         record=storage.write_experiment_task,
     )
-
-
-def check_request(
-    platform: PlatformConfig,
-    *,
-    condition: dict[str, float] | None = None,
-    flowrates_ul_min: dict[str, float] | None = None,
-    temperature_c: float | None = None,
-    campaign: str = "default",
-    experiment_id: str | None = None,
-    replicates: int | None = None,
-    finish: str = "stop",
-) -> formulation.Formulation:
-    """Check an experiment request without touching the rig or the disk; raise SdflInputError
-    naming what is wrong. Returns the formulation (syringe levels not yet checked)."""
-    storage.check_name("campaign", campaign)
-    if experiment_id is not None:
-        storage.check_name("experiment id", experiment_id)
-    if finish not in ("stop", "hold"):
-        raise SdflInputError(f"finish must be 'stop' or 'hold', got {finish!r}")
-    if replicates is not None and (isinstance(replicates, bool) or not isinstance(replicates, int) or replicates < 1):
-        raise SdflInputError(f"replicates must be a whole number of at least 1 (empty: the platform's "
-                             f"{platform.acquisition.replicates}), got {replicates!r}")
-    if (condition is None) == (flowrates_ul_min is None):
-        raise SdflInputError("give either a condition (parameter space) or flowrates_ul_min + temperature_c")
-    if condition is not None:
-        return formulation.formulate(condition, platform)
-    if temperature_c is None and any(p.kind == "temperature" for p in platform.parameters):
-        raise SdflInputError("flowrates_ul_min needs temperature_c too")
-    return formulation.formulate_from_flowrates(flowrates_ul_min, temperature_c, platform)
 
 
 def conduct_experiment(

@@ -282,8 +282,6 @@ class ExperimentSettings(FlowSettings):
         return self
 
     def check(self, platform) -> None:
-        from flows.experiment import check_request
-
         condition = self.condition
         if condition is None and self.flowrates_ul_min is None:
             condition = {}
@@ -297,6 +295,39 @@ class ExperimentSettings(FlowSettings):
         if self.flowrates_ul_min is not None:
             return None
         return centred(platform, self.condition or {})
+
+
+def check_request(
+    platform,
+    *,
+    condition: dict[str, float] | None = None,
+    flowrates_ul_min: dict[str, float] | None = None,
+    temperature_c: float | None = None,
+    campaign: str = "default",
+    experiment_id: str | None = None,
+    replicates: int | None = None,
+    finish: str = "stop",
+):
+    """Check an experiment request without touching the rig or the disk; raise SdflInputError
+    naming what is wrong. Returns the formulation (syringe levels not yet checked)."""
+    from tasks import formulation
+    from tasks.names import check_name
+
+    check_name("campaign", campaign)
+    if experiment_id is not None:
+        check_name("experiment id", experiment_id)
+    if finish not in ("stop", "hold"):
+        raise SdflInputError(f"finish must be 'stop' or 'hold', got {finish!r}")
+    if replicates is not None and (isinstance(replicates, bool) or not isinstance(replicates, int) or replicates < 1):
+        raise SdflInputError(f"replicates must be a whole number of at least 1 (empty: the platform's "
+                             f"{platform.acquisition.replicates}), got {replicates!r}")
+    if (condition is None) == (flowrates_ul_min is None):
+        raise SdflInputError("give either a condition (parameter space) or flowrates_ul_min + temperature_c")
+    if condition is not None:
+        return formulation.formulate(condition, platform)
+    if temperature_c is None and any(p.kind == "temperature" for p in platform.parameters):
+        raise SdflInputError("flowrates_ul_min needs temperature_c too")
+    return formulation.formulate_from_flowrates(flowrates_ul_min, temperature_c, platform)
 
 
 def centred(platform, values: dict[str, float]) -> dict[str, float]:
@@ -337,7 +368,7 @@ class CampaignSettings(FlowSettings):
         return self
 
     def check(self, platform) -> None:
-        from flows.campaign_loop import check_campaign
+        from flows.campaign_plan import check_campaign
 
         check_campaign(self, platform)
 

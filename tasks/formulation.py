@@ -13,14 +13,11 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass, field
 
-from prefect import task
-from prefect.cache_policies import NO_CACHE
 from scipy import special
 
 from hardware.errors import InfeasibleCondition, RefillNeeded
 from hardware.platform import PlatformConfig
 from tasks import regime
-from tasks.retry import INSTRUMENT_RETRIES, INSTRUMENT_RETRY_DELAYS_S, is_transient
 
 # Relative slack for float round-off when a value sits exactly on a limit.
 _EPS = 1e-9
@@ -406,11 +403,27 @@ def solvent_flush(platform: PlatformConfig, taus: float = 2.0) -> Formulation:
     )
 
 
-# --- Prefect task ---------------------------------------------------------------------------
+# --- Prefect tasks -------------------------------------------------------------------------
+def _make_tasks() -> dict:
+    from prefect import task
+    from prefect.cache_policies import NO_CACHE
 
-formulate_task = task(name="formulate", cache_policy=NO_CACHE)(formulate)
-syringe_levels_task = task(
-    name="syringe-levels", cache_policy=NO_CACHE, retries=INSTRUMENT_RETRIES,
-    retry_delay_seconds=INSTRUMENT_RETRY_DELAYS_S, retry_condition_fn=is_transient,
-)(syringe_levels)
-formulate_from_flowrates_task = task(name="formulate-from-flowrates", cache_policy=NO_CACHE)(formulate_from_flowrates)
+    from tasks.retry import INSTRUMENT_RETRIES, INSTRUMENT_RETRY_DELAYS_S, is_transient
+
+    return {
+        "formulate_task": task(name="formulate", cache_policy=NO_CACHE)(formulate),
+        "syringe_levels_task": task(
+            name="syringe-levels", cache_policy=NO_CACHE, retries=INSTRUMENT_RETRIES,
+            retry_delay_seconds=INSTRUMENT_RETRY_DELAYS_S, retry_condition_fn=is_transient,
+        )(syringe_levels),
+        "formulate_from_flowrates_task": task(name="formulate-from-flowrates",
+                                              cache_policy=NO_CACHE)(formulate_from_flowrates),
+    }
+
+
+def __getattr__(name: str):
+    """The Prefect tasks are made on first use: checking a condition needs no Prefect."""
+    if name in ("formulate_task", "syringe_levels_task", "formulate_from_flowrates_task"):
+        globals().update(_make_tasks())
+        return globals()[name]
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -153,7 +153,7 @@ class TargetObjective:
 
 def check_target(target: Target, platform) -> TargetObjective:
     """Check a target against a platform; raise SdflInputError naming the bad field."""
-    from tasks.features import FeatureSettings, feature_columns
+    from tasks.feature_names import FeatureSettings, feature_columns
 
     if not isinstance(target, Target):
         raise SdflInputError(f"target must be a Target, got {type(target).__name__}")
