@@ -191,6 +191,12 @@ def test_without_schema_enforcement_the_flow_itself_fails_the_run_naming_the_fie
     assert state["type"] == "FAILED"
     assert "SdflInputError: budget must be at least 1, got 0" in state["message"]
     assert not (lab.data / "unchecked" / "experiments").exists()
+    text, deadline = "", time.monotonic() + 20  # the run's logs reach the server in batches
+    while "budget must be at least 1" not in text and time.monotonic() < deadline:
+        time.sleep(0.5)
+        logs = lab.http.post("/logs/filter", json={"logs": {"flow_run_id": {"any_": [reply.json()["id"]]}}}).json()
+        text = "\n".join(entry["message"] for entry in logs)
+    assert "budget must be at least 1" in text and "Traceback" not in text, text  # what the UI shows: one line
 
 
 def _descendants(pid: int) -> list[int]:
