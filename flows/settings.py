@@ -72,7 +72,6 @@ Reactors = Annotated[int, setting("copies of a virtual or emulated platform run 
 RemoteReactors = Annotated[list[str] | None, setting(
     "other reactors by their run-experiment deployment (run-experiment/REACTOR): same parameter space, and "
     "they must write to this campaign's data root")]
-MAX_REACTORS = 16
 
 
 class FlowSettings(BaseModel):
