@@ -31,7 +31,7 @@ STUDY_FEATURES = ["Abs_300", "PL_I", "PL_A"]
 
 def centre_condition(platform: PlatformConfig) -> dict[str, float]:
     """The middle of the platform's parameter space."""
-    return {p.name: 0.5 * (p.low + p.high) for p in platform.parameters}
+    return centred(platform, {})
 
 
 def study_plans(platform: PlatformConfig, reaction_times_s: list[float],
