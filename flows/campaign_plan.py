@@ -115,16 +115,29 @@ def validate(plan: CampaignPlan, platform) -> tuple[Objective | targets.TargetOb
         if plan.prior_campaign or plan.prior_model or plan.target_r2 is not None:
             raise SdflInputError("a target campaign takes no prior_campaign, prior_model or target_r2")
         objective = targets.check_target(plan.target, platform)
-        from tasks import ledger
-
-        ledger.check_storage(ledger.storage_url(plan.data_root, plan.storage))
+        _check_storage(plan)
         return objective, None
     columns = feature_columns(FeatureSettings.from_config(platform.features))
     objective = parse_objective(plan.objective, columns)
+    prior = _prior(plan, platform, objective)
+    _check_storage(plan)
+    return objective, prior
+
+
+def _check_storage(plan: CampaignPlan) -> None:
+    """The campaign's Optuna storage opens (the last check: it imports Optuna)."""
+    from tasks import ledger
+
+    ledger.check_storage(ledger.storage_url(plan.data_root, plan.storage))
+
+
+def _prior(plan: CampaignPlan, platform, objective: Objective) -> tuple[np.ndarray, np.ndarray] | None:
+    """The prior data of an earlier campaign and/or a saved digital twin, checked against this
+    campaign's space and objective; None without either."""
+    from tasks import ledger
+
     prior = None
     if plan.prior_campaign:
-        from tasks import ledger
-
         prior = ledger.prior_from_campaign(plan.data_root, plan.prior_campaign, platform, objective)
     if plan.prior_model:
         saved = _saved_model(plan.prior_model)
@@ -136,10 +149,7 @@ def validate(plan: CampaignPlan, platform) -> tuple[Objective | targets.TargetOb
                                  f"not {objective.expression!r}")
         X, y = np.asarray(saved["X"]), np.asarray(saved["y"])
         prior = (X, y) if prior is None else (np.vstack([prior[0], X]), np.concatenate([prior[1], y]))
-    from tasks import ledger
-
-    ledger.check_storage(ledger.storage_url(plan.data_root, plan.storage))
-    return objective, prior
+    return prior
 
 
 def _finite(value) -> bool:
