@@ -59,7 +59,7 @@ def test_a_condition_that_breaks_a_regime_rule_is_rejected_with_the_rule_named(t
     with pytest.raises(InfeasibleCondition) as caught:
         formulate({"q_toluene_ml_h": 5000.0, "q_precursor_ml_h": 60.0}, platform)
     assert caught.value.rule == "regime_Re"
-    assert "Re = 1.75e+03 > 1.5e+03 [lab rule]" in str(caught.value)
+    assert "Re = 1.75e+03 > 1.5e+03 (lab rule)" in str(caught.value)
 
 
 def test_the_segmented_platform_warns_on_its_estimated_bond_number_but_runs():
