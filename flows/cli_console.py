@@ -22,14 +22,21 @@ class _QuietTaskRuns(logging.Filter):
         return not (message.startswith("Finished in state") or message.startswith("Created task run"))
 
 
-class _NoTraceback(logging.Filter):
-    """Keep tracebacks out of the terminal (they go to the log file; --debug shows them)."""
+def _without_traceback(handler: logging.Handler):
+    """Make `handler` print records without their traceback (the log file keeps it); returns a
+    function that undoes it. The record itself is left as it was, for the other handlers."""
+    original = handler.format
 
-    def filter(self, record: logging.LogRecord) -> bool:
-        if record.exc_info:
-            record = logging.makeLogRecord(record.__dict__)
-            record.exc_info, record.exc_text = None, None
-        return True
+    def format(record: logging.LogRecord) -> str:
+        saved = record.exc_info, record.exc_text, record.stack_info
+        record.exc_info = record.exc_text = record.stack_info = None
+        try:
+            return original(record)
+        finally:
+            record.exc_info, record.exc_text, record.stack_info = saved
+
+    handler.format = format
+    return lambda: vars(handler).pop("format", None)
 
 
 def _terminal_handlers():
@@ -55,13 +62,13 @@ def terminal_run(args):
     from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
 
     setup_logging()
-    quiet, plain = _QuietTaskRuns(), _NoTraceback()
+    quiet, undo = _QuietTaskRuns(), []
     handlers = _terminal_handlers()
     for handler in handlers:
         if not args.verbose:
             handler.addFilter(quiet)
         if not args.debug:
-            handler.addFilter(plain)
+            undo.append(_without_traceback(handler))
     log_file = _log_file(args)
     try:
         with temporary_settings({PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
@@ -69,7 +76,8 @@ def terminal_run(args):
     finally:
         for handler in handlers:
             handler.removeFilter(quiet)
-            handler.removeFilter(plain)
+        for step in undo:
+            step()
         if log_file is not None:
             logging.getLogger().removeHandler(log_file)
             logging.getLogger("prefect").removeHandler(log_file)

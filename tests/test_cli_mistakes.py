@@ -105,23 +105,29 @@ def test_help_shows_every_default(command):
     assert text.count("default: ") + text.count("; required") >= len(model.model_fields)
 
 
-def test_a_run_that_fails_ends_with_one_line_and_the_log_path(sdfl, tmp_path):
-    """An instrument fails mid-run (a pump stalls on the virtual lab): exit 1, one line saying
-    what failed and where the full log is, no traceback in the terminal; the log has it all."""
+@pytest.mark.parametrize("edit, error", [
+    (("[virtual.faults]\n", '[virtual.faults]\nstall_pump = "oa_cu"\nstall_at_s = 5\n'), "PumpStalled"),
+    (('model = "hardware.virtual.cs3cu2i5:Cs3Cu2I5Chemistry"', 'model = "buggy_chemistry:BuggyChemistry"'),
+     "KeyError"),
+], ids=["instrument fault", "bug in a plug-in"])
+def test_a_run_that_fails_ends_with_one_line_and_the_log_path(sdfl, tmp_path, edit, error):
+    """A pump stalls mid-run on the virtual lab (one of sdfl's named errors), or a user's chemistry
+    plug-in raises a plain Python error: exit 1, one line saying what failed and where the full
+    log is, no traceback in the terminal; the log file has it."""
     from hardware.platform import PLATFORM_DIR
 
-    text = (PLATFORM_DIR / "virtual-cs3cu2i5.toml").read_text().replace(
-        "[virtual.faults]\n", '[virtual.faults]\nstall_pump = "oa_cu"\nstall_at_s = 5\n')
-    stalling = tmp_path / "stalling.toml"
-    stalling.write_text(text)
+    text = (PLATFORM_DIR / "virtual-cs3cu2i5.toml").read_text()
+    assert edit[0] in text
+    platform = tmp_path / "failing.toml"
+    platform.write_text(text.replace(*edit))
     root = tmp_path / "data"
 
-    done = sdfl("experiment", "--platform", str(stalling), "--data-root", str(root))
+    done = sdfl("experiment", "--platform", str(platform), "--data-root", str(root))
 
     out = done.stdout + done.stderr
     assert done.returncode == 1, out[-3000:]
     assert "Traceback" not in out, out[-3000:]
     last = [line for line in out.splitlines() if line.startswith("sdfl experiment:")]
-    assert len(last) == 1 and "the run failed: PumpStalled" in last[0], out[-3000:]
+    assert len(last) == 1 and f"the run failed: {error}" in last[0], out[-3000:]
     log = out.split("full log: ", 1)[1].split(" (run again", 1)[0].strip()
     assert log.startswith(str(root / "logs")) and "Traceback" in open(log).read()
