@@ -32,7 +32,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import TYPE_CHECKING, Literal
+from typing import Literal
 
 import numpy as np
 import pandas as pd
@@ -48,9 +48,6 @@ from tasks.feature_names import (  # noqa: F401 - part of the features API
     Window,
     feature_columns,
 )
-
-if TYPE_CHECKING:
-    pass
 
 HC_EV_NM = 1239.84198
 PL_SMOOTH_NM = 3.0  # moving average; widens a 40 nm band by ~0.1 %

@@ -144,3 +144,21 @@ def test_the_settings_page_is_up_to_date():
 
     page = (Path(REPO_DIR) / "docs" / "settings.md").read_text()
     assert page == settings_markdown(), "regenerate it: python -m flows.cli_options > docs/settings.md"
+
+
+@pytest.mark.parametrize("values, words", [
+    ({"campaign": "c", "seed": True}, ["seed must be a number, got True"]),
+    ({"campaign": "c", "budget": 2.5}, ["budget must be a whole number"]),
+    ({"campaign": "c", "kappa": float("inf")}, ["kappa must be a finite number"]),
+    ({"campaign": "c", "polcy": "ei"}, ["polcy is not a setting", "did you mean 'policy'"]),
+    ({"campaign": "c", "policy": "EI"}, ["policy must be one of", "did you mean 'ei'"]),
+    ({"campaign": "c", "reactors": 17}, ["reactors must be at most 16"]),
+])
+def test_a_wrong_value_from_python_names_the_setting(values, words):
+    from flows.settings import OptimizeSettings
+    from hardware.errors import SdflInputError
+
+    with pytest.raises(SdflInputError) as caught:
+        OptimizeSettings.from_values(values)
+    for word in words:
+        assert word in str(caught.value), str(caught.value)
