@@ -46,6 +46,15 @@ def fresh_rigs():
 
 
 @pytest.fixture(scope="session")
+def lab(tmp_path_factory):
+    """A Prefect server, the deployments and a worker, as `make server deploy worker` makes them
+    (tests/prefect_lab.py): started on first use, shared by the session, stopped at its end."""
+    from prefect_lab import running_lab
+
+    yield from running_lab(tmp_path_factory)
+
+
+@pytest.fixture(scope="session")
 def platform():
     return load_platform()
 

@@ -5,106 +5,21 @@ worker killed in the middle of a campaign. Everything it starts, it stops.
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-import httpx
 import optuna
 import pandas as pd
 import pytest
+from prefect_lab import FINAL, REACTOR, REPO, local
 
 from tasks.ledger import storage_url
 
 pytestmark = pytest.mark.slow
-REPO = Path(__file__).resolve().parents[1]
-REACTOR = "virtual-cs3cu2i5"
-FINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
-
-_spec = importlib.util.spec_from_file_location("sdfl_local_prefect", REPO / "deployments" / "local.py")
-local = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(local)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Lab:
-    """The server's REST API, as the UI calls it."""
-
-    def __init__(self, api: str, home: Path, data: Path, processes: list[subprocess.Popen]):
-        self.api, self.home, self.data, self.processes = api, home, data, processes
-        self.http = httpx.Client(base_url=api, timeout=30)
-
-    def start_worker(self) -> None:
-        self.processes.append(local.start_worker(self.home, self.api, REACTOR, PREFECT_WORKER_QUERY_SECONDS="1"))
-
-    def deployment(self, flow_name: str) -> dict:
-        flows = {f["id"]: f["name"] for f in self.http.post("/flows/filter", json={}).json()}
-        found = [d for d in self.http.post("/deployments/filter", json={}).json() if flows[d["flow_id"]] == flow_name]
-        assert len(found) == 1, found
-        return found[0]
-
-    def trigger(self, flow_name: str, parameters: dict, **extra) -> httpx.Response:
-        """What the UI's "Run" form sends."""
-        deployment = self.deployment(flow_name)
-        return self.http.post(f"/deployments/{deployment['id']}/create_flow_run",
-                              json={"parameters": parameters, **extra})
-
-    def state(self, run_id: str) -> dict:
-        return self.http.get(f"/flow_runs/{run_id}").json()["state"]
-
-    def wait(self, run_id: str, timeout_s: float = 120.0) -> dict:
-        deadline = time.monotonic() + timeout_s
-        while (state := self.state(run_id))["type"] not in FINAL:
-            assert time.monotonic() < deadline, f"flow run still {state['type']} after {timeout_s:.0f} s"
-            time.sleep(0.5)
-        return state
-
-    def logs(self, run_id: str) -> str:
-        logs = self.http.post("/logs/filter", json={"logs": {"flow_run_id": {"any_": [run_id]}},
-                                                    "sort": "TIMESTAMP_ASC", "limit": 200}).json()
-        return "\n".join(entry["message"] for entry in logs)
-
-    def reactor_slots(self) -> int:
-        return self.http.get(f"/v2/concurrency_limits/reactor-{REACTOR}").json()["active_slots"]
-
-
-@pytest.fixture(scope="module")
-def lab(tmp_path_factory):
-    """Server, work pool, reactor limit, deployments and a worker; all stopped at the end."""
-    home = tmp_path_factory.mktemp("prefect-home")
-    data = tmp_path_factory.mktemp("ui-data")
-    port = free_port()
-    api = f"http://127.0.0.1:{port}/api"
-    processes: list[subprocess.Popen] = []
-    try:
-        # The repossessor frees the slots of expired leases (a killed run) every second, not 15 s.
-        processes.append(local.start_server(home, "127.0.0.1", port,
-                                            PREFECT_SERVER_SERVICES_REPOSSESSOR_LOOP_SECONDS="1"))
-        subprocess.run([sys.executable, str(REPO / "deployments" / "local.py"), "deploy", "--home", str(home),
-                        "--port", str(port)], cwd=REPO, check=True, timeout=300,
-                       stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-        lab = Lab(api, home, data, processes)
-        lab.start_worker()
-        yield lab
-    except subprocess.CalledProcessError as exc:
-        pytest.fail(f"deploy failed:\n{exc.stdout.decode()[-4000:]}")
-    finally:
-        stopped = local.stop(home, grace_s=10)
-        for process in processes:
-            if process is not None:
-                process.wait(10)  # reap: no zombie either
-        left = [pid for pid in local.tagged_processes(home) if local.alive(pid)]
-        assert not left, f"processes still running after stop: {left} (stopped {stopped})"
 
 
 def test_the_deployments_show_typed_forms_on_the_reactor_pool(lab):
