@@ -26,6 +26,7 @@ A number that cannot be computed from what was given is absent from the result (
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass, field
 from typing import Literal
@@ -98,8 +99,11 @@ class Channel:
 # --- unit helpers --------------------------------------------------------------------------
 
 
+@functools.lru_cache(maxsize=1024)
 def si(text: str | float, unit: str) -> float:
     """Parse a quantity such as "0.554 mPa s" or "1.5875 mm" and return its magnitude in `unit`.
+
+    Cached: the twin checks the same platform's fluid table for thousands of conditions.
 
     Uses the project's pint registry (hardware/units.py), so config files can write fluid
     properties with any unit. A bare number is refused: the unit must be written.
