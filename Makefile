@@ -15,7 +15,11 @@ REACTOR ?= virtual-cs3cu2i5
 PREFECT_LOCAL := $(CURDIR)/.prefect
 LOCAL := $(BIN)/python deployments/local.py --home $(PREFECT_LOCAL) --host $(HOST) --port $(PORT)
 
-.PHONY: demo test install bench clean-data lint server deploy worker ui-stop
+# The Optuna dashboard over the campaigns' studies (the SQLite file under the data root).
+DATA ?= $(or $(SDFL_DATA_ROOT),data)
+DASHBOARD_PORT ?= 8080
+
+.PHONY: demo test install browser bench clean-data lint server deploy worker ui-stop dashboard
 
 server deploy worker ui-stop: export PREFECT_API_URL := http://$(HOST):$(PORT)/api
 server deploy worker ui-stop: export PREFECT_HOME := $(PREFECT_LOCAL)
@@ -25,14 +29,24 @@ install: $(STAMP)
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	@$(BIN)/python -m pip install --quiet --disable-pip-version-check --upgrade "pip>=24"
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev,dashboard]'
 	@touch $(STAMP)
 
 demo: $(STAMP)
 	$(BIN)/sdfl demo
 
-test: $(STAMP)
+test: $(STAMP) browser
 	$(BIN)/python -m pytest
+
+# The browser test of the Prefect UI needs Chromium: Debian's package, installed when missing and
+# this runs as root with apt-get; elsewhere the test says why it was skipped.
+browser:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "installing Debian's chromium for the browser test of the Prefect UI"; \
+	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
+	      || echo "chromium could not be installed: the browser test will be skipped"; \
+	  else echo "chromium is missing and cannot be installed here (needs root and apt-get): the browser test will be skipped"; fi; }
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/features.py
@@ -52,6 +66,11 @@ worker: $(STAMP)
 
 ui-stop:
 	@if test -x $(BIN)/python; then $(LOCAL) stop; else echo "nothing to stop (no $(VENV))"; fi
+
+dashboard: $(STAMP)
+	@test -f $(DATA)/optuna.db || { echo "no campaigns under $(DATA) yet: run make demo (or sdfl optimize) first"; exit 2; }
+	@echo "Optuna dashboard of $(DATA)/optuna.db on http://$(HOST):$(DASHBOARD_PORT) (Ctrl-C stops it)"
+	@$(BIN)/optuna-dashboard --host $(HOST) --port $(DASHBOARD_PORT) --quiet sqlite:///$(abspath $(DATA))/optuna.db
 
 clean-data:
 	find data -mindepth 1 ! -name README.md -exec rm -rf {} +

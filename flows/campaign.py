@@ -70,6 +70,7 @@ def _campaign_flow(settings: CampaignSettings, explain_model: bool) -> dict:
     from flows.experiment import prefect_steps
     from flows.reactor import reactor_lock
     from flows.remote import DeploymentReactor
+    from flows.spectra_report import LatestSpectra
     from hardware.platform import load_platform
     from hardware.rig import open_rig
 
@@ -81,9 +82,11 @@ def _campaign_flow(settings: CampaignSettings, explain_model: bool) -> dict:
     remote = [DeploymentReactor(name, config).checked() for name in remote_reactors or []]
     storage.check_data_root(plan.data_root, plan.campaign)
     progress = create_progress_artifact(progress=0.0, description=f"campaign {plan.campaign}: experiments done")
+    latest = LatestSpectra(plan.data_root, plan.campaign, log)
 
     def on_progress(done: int, budget: int, study) -> None:
         update_progress_artifact(progress, progress=100.0 * done / budget)
+        latest(study)
 
     with reactor_lock(config.platform.name, log):
         rigs = [open_rig(config, seed_rig if k == 0 else (seed_rig or 0) + 1000 * k) for k in range(reactors)]
@@ -96,6 +99,7 @@ def _campaign_flow(settings: CampaignSettings, explain_model: bool) -> dict:
     update_progress_artifact(progress, progress=100.0)  # done, also when it stopped before the budget
     study = ledger.open_study(plan.campaign, config, state.objective.expression,
                               ledger.storage_url(plan.data_root, plan.storage), None, directions(plan))[0]
+    latest(study, final=True)
     if plan.target is not None:
         summary = build_target_report(config, study, state.objective, plan.data_root, plan.campaign,
                                       state.stopped_because)

@@ -21,6 +21,45 @@ def campaign_folder(root, campaign: str) -> Path:
     return storage.data_root(root) / "campaigns" / storage.check_name("campaign", campaign)
 
 
+MIN_TRUSTED = 20
+"""Fewest experiments behind a surrogate whose R^2 and SHAP ranking are reported as results."""
+PER_INPUT = 3
+"""...and at least this many per input of the space."""
+WEAK_R2 = 0.5
+"""Below this held-out R^2 the model explains too little for its ranking to mean much."""
+
+
+def trusted_size(n_inputs: int) -> int:
+    """Experiments below which a surrogate's R^2 and input ranking are a first impression only."""
+    return max(MIN_TRUSTED, PER_INPUT * n_inputs)
+
+
+def model_caveat(n: int, n_inputs: int, r2: float | None) -> str | None:
+    """Why the model's numbers should not be trusted yet, in words; None when they can be."""
+    need = trusted_size(n_inputs)
+    if n < need:
+        return (f"only {n} experiments for {n_inputs} inputs: below about {need} the model's R² and its ranking "
+                "of the inputs are not reliable yet (a first impression; run more experiments before acting on them)")
+    if r2 is not None and r2 < WEAK_R2:
+        return (f"the model explains little of the variation so far (held-out R² {r2:.2f}): read its ranking of "
+                "the inputs with caution")
+    return None
+
+
+def model_lines(summary: dict[str, Any]) -> list[str]:
+    """What the summary says about the surrogate, in words (markdown and terminal alike)."""
+    numbers = []
+    if "holdout_r2" in summary:
+        numbers.append(f"held-out R² {summary['holdout_r2']:.2f}")
+    if "mc_r2" in summary:
+        numbers.append(f"R² against the noiseless twin {summary['mc_r2']:.2f}")
+    top = f"most important inputs: {', '.join(summary['shap_top'])}" if "shap_top" in summary else ""
+    if "model_caveat" in summary:
+        return [f"model: not to be trusted yet: {summary['model_caveat']}."
+                + (f" At this size: {', '.join(numbers)}" + (f"; {top}" if top else "") + "." if numbers else "")]
+    return [f"model: {', '.join(numbers)}" + (f"; {top}" if top else "")] if numbers or top else []
+
+
 def trials_table(study) -> pd.DataFrame:
     """Finished trials in order: value, best so far, experiment id, failure reason."""
     rows = []
@@ -64,24 +103,43 @@ def build_report(platform: PlatformConfig, study, objective, surrogate: str, pri
         summary["model"] = str(folder / "model.pkl")
     if platform.platform.kind != "real":  # virtual or emulated: a noiseless twin exists
         summary.update(_against_twin(platform, objective, model, X, y, root))
+    caveat = model_caveat(len(train_y), len(platform.parameter_names), summary.get("holdout_r2"))
+    if caveat:
+        summary["model_caveat"] = caveat
     table.to_csv(folder / "trials.csv", index=False)
-    plots = [explain.plot_best_so_far(table["value"].to_numpy(dtype=float), objective.expression,
-                                      folder / "best_so_far.png", summary.get("true_optimum"))]
+    plots = {"best_so_far": explain.plot_best_so_far(table["value"].to_numpy(dtype=float), objective.expression,
+                                                     folder / "best_so_far.png", summary.get("true_optimum"))}
+    best_id = _best_experiment(table)
+    if best_id:
+        summary["best_experiment_id"] = best_id
+        from flows.spectra_report import spectra_plot
+
+        plots["best_spectra"] = spectra_plot(root, campaign, best_id, f"Best experiment of {campaign}: {best_id}",
+                                             folder / "spectra_best.png")
     ranking = None
     if explain_model and model is not None and len(y) >= 5:
         explanation = explain.shap_values(model, to_unit(platform, X), platform.parameter_names, seed)
         ranking = explain.shap_ranking(explanation, platform.parameter_names)
         ranking.to_csv(folder / "shap_ranking.csv", index=False)
-        plots += explain.plot_shap(explanation, folder)
+        plots["shap_beeswarm"], plots["shap_bar"] = explain.plot_shap(explanation, folder)
         top_two = list(ranking["input"][:2])
-        plots.append(explain.plot_response_surface(model, platform, to_unit(platform, X[best]), top_two,
-                                                   objective.expression, to_unit(platform, X),
-                                                   folder / "response_surface.png"))
+        plots["response_surface"] = explain.plot_response_surface(
+            model, platform, to_unit(platform, X[best]), top_two, objective.expression, to_unit(platform, X),
+            folder / "response_surface.png")
         summary["shap_top"] = top_two
     summary["folder"] = str(folder)
+    plots = {name: path for name, path in plots.items() if path is not None}
+    summary["plots"] = {name: str(path) for name, path in plots.items()}
     if publish:
         _publish(campaign, table, ranking, summary, plots)
     return summary
+
+
+def _best_experiment(table: pd.DataFrame) -> str | None:
+    values = table["value"].to_numpy(dtype=float)
+    if not np.isfinite(values).any():
+        return None
+    return table["experiment_id"].iloc[int(np.nanargmax(values))]
 
 
 def _run_logger():
@@ -112,24 +170,73 @@ def _against_twin(platform, objective, model, X, y, root) -> dict[str, Any]:
     return out
 
 
-def _publish(campaign, table, ranking, summary, plots) -> None:
+PLOTS = {  # name: (title, what to read in it)
+    "best_so_far": ("Objective per experiment", "Grey: each experiment; blue: the best so far. On the virtual lab the "
+                    "red lines mark the twin's true optimum and 95 % of it."),
+    "best_spectra": ("Spectra of the best experiment", "Left: photoluminescence (counts per second, dark "
+                     "subtracted), one line per replicate, with the peak and its FWHM. Right: absorbance against "
+                     "the solvent reference, with Abs_300 marked."),
+    "shap_bar": ("Which inputs matter (mean |SHAP|)", "How much each input moves the model's prediction, on "
+                 "average over the experiments."),
+    "shap_beeswarm": ("How each input acts (SHAP)", "One dot per experiment: red is a high value of the input, blue "
+                      "a low one; right of zero it raises the prediction, left of zero it lowers it."),
+    "response_surface": ("Model response over the two most important inputs", "The model's prediction over the "
+                         "two inputs that matter most, the others held at the best condition; white dots are "
+                         "experiments, the red star the best."),
+    "pareto_front": ("Pareto front and desirability", "Left: quality against FWHM, coloured by the distance of "
+                     "the peak from the target; circles are on target, red stars the non-dominated experiments. "
+                     "Right: desirability per experiment and the best so far."),
+}
+DIRECTION_WORDS = {"+": "+ (a higher value raises it)", "-": "- (a higher value lowers it)", "mixed": "mixed"}
+
+
+def summary_markdown(summary: dict[str, Any], plots: dict[str, Path]) -> str:
+    """The campaign summary a scientist reads in the UI: numbers in words, then its plots."""
+    lines = [f"# Campaign `{summary['campaign']}`", "",
+             f"Objective: maximise `{summary['objective']}`. Experiments: {summary['experiments']} "
+             f"({summary['completed']} completed)."]
+    if "best_value" in summary:
+        lines += ["", f"**Best measured: {summary['best_value']:.4g}**"
+                  + (f" (experiment `{summary['best_experiment_id']}`)" if "best_experiment_id" in summary else "")
+                  + " at " + ", ".join(f"{k} = {v:.4g}" for k, v in summary["best_condition"].items()) + "."]
+    if "true_optimum" in summary:
+        estimate = "" if summary.get("true_optimum_exhaustive", True) else " (an estimate from a bounded search)"
+        lines += ["", f"On the twin, that condition gives {summary['best_true_value']:.4g}: "
+                  f"{100 * summary['best_vs_optimum']:.1f} % of the true optimum {summary['true_optimum']:.4g}"
+                  f"{estimate}."]
+    lines += [""] + [("> " if "model_caveat" in summary else "") + line for line in model_lines(summary)]
+    for name, path in plots.items():
+        title, caption = PLOTS[name]
+        lines += ["", reports.plot_markdown(path, title, caption)]
+    lines += ["", f"Files: `{summary['folder']}` (trials.csv, model.pkl, the PNG plots)."]
+    return "\n".join(lines)
+
+
+def shap_markdown(summary: dict[str, Any], ranking: pd.DataFrame, plots: dict[str, Path]) -> str:
+    """The SHAP ranking as a table with the direction of each input's effect, and its plots."""
+    lines = [f"# Which inputs drive `{summary['objective']}` in `{summary['campaign']}`", ""]
+    if "model_caveat" in summary:
+        lines += [f"> Not to be trusted yet: {summary['model_caveat']}.", ""]
+    shown = ranking.assign(direction=ranking["direction"].map(DIRECTION_WORDS))
+    shown = shown.rename(columns={"mean_abs_shap": "mean absolute SHAP", "direction": "effect of a higher value"})
+    lines.append(shown.to_markdown(index=False, floatfmt=".4g"))
+    for name in ("shap_bar", "shap_beeswarm"):
+        if name in plots:
+            lines += ["", reports.plot_markdown(plots[name], *PLOTS[name])]
+    return "\n".join(lines)
+
+
+def _publish(campaign, table, ranking, summary, plots: dict[str, Path]) -> None:
     key = reports.artifact_key(campaign)
-    reports.publish_table(f"{key}-best-so-far", table[["trial", "experiment_id", "state", "value", "best_so_far"]],
+    reports.publish_markdown(f"{key}-summary", summary_markdown(summary, plots), "campaign summary with its plots")
+    reports.publish_table(f"{key}-trials", table[["trial", "experiment_id", "state", "value", "best_so_far"]],
                           "objective per experiment and the best so far")
     if ranking is not None:
-        reports.publish_table(f"{key}-shap", ranking, "inputs ranked by mean |SHAP| of the surrogate")
-    lines = [f"# Campaign `{campaign}`", "", f"objective: `{summary['objective']}`",
-             f"experiments: {summary['experiments']} ({summary['completed']} completed)"]
-    for name in ("best_value", "best_true_value", "true_optimum", "best_vs_optimum", "holdout_r2", "mc_r2"):
-        if name in summary:
-            lines.append(f"- {name}: {summary[name]:.4g}")
-    if "best_condition" in summary:
-        lines.append("\nbest condition: " + ", ".join(f"{k} = {v:.4g}" for k, v in summary["best_condition"].items()))
-    lines.append(f"\nfiles: `{summary['folder']}`")
-    lines += [f"- `{p.name}`" for p in plots]
-    reports.publish_markdown(f"{key}-summary", "\n".join(lines), "campaign summary")
-    for path in plots:
-        reports.publish_image(f"{key}-{path.stem}", path, path.stem.replace("_", " "))
+        reports.publish_markdown(f"{key}-shap", shap_markdown(summary, ranking, plots),
+                                 "inputs ranked by mean |SHAP| of the surrogate")
+    for name in ("best_so_far", "best_spectra", "response_surface"):
+        if name in plots:
+            reports.publish_plot(f"{key}-{name.replace('_', '-')}", plots[name], *PLOTS[name])
 
 
 # --- target campaigns ------------------------------------------------------------------------------
@@ -178,7 +285,7 @@ def build_target_report(platform: PlatformConfig, study, objective: targets.Targ
     summary["optuna_pareto_trials"] = [t.number for t in study.best_trials]
     if not summary["completed"]:
         if publish:
-            _publish_target(campaign, table, summary, [], platform.parameter_names)
+            _publish_target(campaign, table, summary, {}, platform.parameter_names)
         return summary
     names = platform.parameter_names
     vectors = table[["peak_error_nm", "quality", "fwhm_nm"]].to_numpy(dtype=float)
@@ -195,7 +302,14 @@ def build_target_report(platform: PlatformConfig, study, objective: targets.Targ
         summary["best_true"] = _twin_truth(platform, objective, summary["best_condition"])
     table.to_csv(folder / "trials.csv", index=False)
     front.to_csv(folder / "pareto.csv", index=False)
-    plots = [plot_pareto(table, target, folder / "pareto_front.png")]
+    plots = {"pareto_front": plot_pareto(table, target, folder / "pareto_front.png")}
+    from flows.spectra_report import spectra_plot
+
+    best_spectra = spectra_plot(root, campaign, best["experiment_id"],
+                                f"Best experiment of {campaign}: {best['experiment_id']}", folder / "spectra_best.png")
+    if best_spectra is not None:
+        plots["best_spectra"] = best_spectra
+    summary["plots"] = {name: str(path) for name, path in plots.items()}
     if publish:
         _publish_target(campaign, table, summary, plots, names)
     return summary
@@ -262,7 +376,7 @@ def pareto_markdown(table: pd.DataFrame, parameter_names: list[str]) -> str:
     return front[PARETO_COLUMNS + parameter_names].to_markdown(index=False, floatfmt=".4g")
 
 
-def _publish_target(campaign: str, table: pd.DataFrame, summary: dict, plots: list[Path],
+def _publish_target(campaign: str, table: pd.DataFrame, summary: dict, plots: dict[str, Path],
                     parameter_names: list[str]) -> None:
     key = reports.artifact_key(campaign)
     lines = [f"# Campaign `{campaign}`: target", "", summary["objective"], "",
@@ -278,15 +392,19 @@ def _publish_target(campaign: str, table: pd.DataFrame, summary: dict, plots: li
         true = summary["best_true"]
         lines.append(f"twin's truth there: peak {true['peak_nm']:.2f} nm, FWHM {true['fwhm_nm']:.2f}, "
                      f"quality {true['quality']:.4g}")
-    lines.append(f"\nfiles: `{summary['folder']}`")
-    reports.publish_markdown(f"{key}-summary", "\n".join(lines), "target campaign summary")
+    for name, path in plots.items():
+        lines += ["", reports.plot_markdown(path, *PLOTS[name])]
+    lines.append(f"\nFiles: `{summary['folder']}`")
+    reports.publish_markdown(f"{key}-summary", "\n".join(lines), "target campaign summary with its plots")
     if len(table) and table["pareto"].any():
         text = (f"# Pareto front of `{campaign}`\n\n{summary['objective']}\n\nNon-dominated "
                 f"{summary['pareto_of']} (minimise peak error and FWHM, maximise quality), best desirability "
                 f"first:\n\n" + pareto_markdown(table, parameter_names))
+        if "pareto_front" in plots:
+            text += "\n\n" + reports.plot_markdown(plots["pareto_front"], *PLOTS["pareto_front"])
         reports.publish_markdown(f"{key}-pareto", text, "Pareto front: non-dominated experiments")
         reports.publish_table(f"{key}-trials", table[["trial", "experiment_id", "state", "peak_nm", "fwhm_nm",
                                                       "quality", "desirability", "on_target", "pareto"]],
                               "every experiment: peak, FWHM, quality, desirability")
-    for path in plots:
-        reports.publish_image(f"{key}-{path.stem.replace('_', '-')}", path, "Pareto front and desirability")
+    for name, path in plots.items():
+        reports.publish_plot(f"{key}-{name.replace('_', '-')}", path, *PLOTS[name])

@@ -178,7 +178,10 @@ def residence_time_study(settings: ResidenceTimeSettings) -> dict[str, Any]:
     plot = reports.plot_transients(series, steps, STUDY_FEATURES, folder / "transients.png")
     reports.publish_table("residence-time-settling", summary, "settling time per step, in multiples of tau")
     reports.publish_table("residence-time-features", settling, "fit per step and feature (tanks-in-series)")
-    reports.publish_image("residence-time-plot", plot, f"transients; files in {folder}")
+    reports.publish_plot("residence-time-plot", plot, "Transients after each change of reaction time",
+                         "Each feature against time. Grey: a change of reaction time; red dashed: 1.2 residence "
+                         "times (tau) after it, when the loop starts measuring; green dotted: when the feature came "
+                         "within 1 % of its new steady value.")
     worst = float(summary["settle_tau"].max())
     log.info("steady state reached by %.2f tau at the latest (t_E = %.2f tau)", worst, config.equilibration.tau_multiple)
     return {"study_id": study_id, "folder": str(folder), "max_settle_tau": worst,

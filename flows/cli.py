@@ -261,11 +261,10 @@ def _print_campaign(summary: dict) -> None:
               f"{100 * summary['best_vs_optimum']:.1f} % of the true optimum {summary['true_optimum']:.5g}"
               + ("" if summary.get("true_optimum_exhaustive", True) else " (estimated by a bounded search)"))
         print("true optimum: " + ", ".join(f"{k}={v:.4g}" for k, v in summary["true_optimum_condition"].items()))
-    for name in ("holdout_r2", "mc_r2"):
-        if name in summary:
-            print(f"{name}: {summary[name]:.3f}")
-    if "shap_top" in summary:
-        print(f"most important inputs (SHAP): {', '.join(summary['shap_top'])}")
+    from flows.campaign_report import model_lines
+
+    for line in model_lines(summary):
+        print(line)
     if "resumed" in summary:
         print(f"resumed: {summary['resumed']}")
     _print_repairs(summary)

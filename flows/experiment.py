@@ -113,6 +113,7 @@ def conduct_experiment(
     settings = features.FeatureSettings.from_config(platform.features)
     schema = storage.experiment_schema(platform, features.feature_columns(settings))
     started_at, t_start = now_utc(), rig.clock.now()
+    flow_run_id = flow_run_id or current_flow_run.get_id()  # the campaign's run, when a campaign runs it
     context: dict[str, Any] = dict(experiment_id=experiment_id, platform=platform, started_at=started_at,
                                    t_platform_start_s=t_start, flow_run_id=flow_run_id, seed=seed)
 
@@ -289,4 +290,17 @@ def run_experiment(settings: ExperimentSettings) -> dict[str, Any]:
         raise
     # A cancellation or crash (BaseException) leaves the entry for the hook.
     _IN_FLIGHT.pop(run_id or "", None)
+    _show_spectra(data_root, campaign, row["experiment_id"], logger)
     return row
+
+
+def _show_spectra(data_root, campaign: str, experiment_id: str, log) -> None:
+    """The experiment's spectra as a plot in the run's artifacts (a plot never fails the run)."""
+    from flows.spectra_report import publish_spectra
+
+    folder = storage.data_root(data_root) / "campaigns" / campaign / "spectra"
+    try:
+        publish_spectra(f"{campaign}-latest-spectra", data_root, campaign, experiment_id,
+                        f"Experiment {experiment_id} ({campaign})", folder / f"{experiment_id}.png")
+    except Exception as exc:  # noqa: BLE001
+        log.warning("the spectra of %s could not be plotted: %s", experiment_id, exc)

@@ -160,6 +160,14 @@ def report_markdown(summary: dict, events: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
+LOT_PLOTS = {  # file stem: (title, what to read in it)
+    "control_charts": ("Control charts", "Each QC feature against time: grey points qualify the lot, blue ones are "
+                       "QC samples; the centre line, 2 and 3 sigma limits, the EWMA with its limits, and red "
+                       "circles on the samples that raised an alarm."),
+    "syringes": ("Syringes", "Liquid left in each syringe at each QC sample; a refill shows as a jump."),
+}
+
+
 def build_report(root, lot: str, settings: spc.SpcSettings = spc.SpcSettings(), publish: bool = False) -> dict:
     """Summary + plots (+ Prefect artifacts when `publish`). Returns the summary with the plot paths."""
     summary = lot_summary(root, lot)
@@ -177,7 +185,8 @@ def build_report(root, lot: str, settings: spc.SpcSettings = spc.SpcSettings(), 
     summary["plots"] = [str(p) for p in plots]
     if publish:
         key = reports.artifact_key(f"lot-{lot}")
-        reports.publish_markdown(f"{key}-report", markdown, f"QC report of lot {lot}")
+        shown = "".join("\n\n" + reports.plot_markdown(path, *LOT_PLOTS[path.stem]) for path in plots)
+        reports.publish_markdown(f"{key}-report", markdown + shown, f"QC report of lot {lot}")
         if not samples.empty:
             columns = ["sample", "t_h", "phase", "in_control", "alarms", "PL_I", "PL_peak_nm", "FWHM_nm",
                        "Abs_300", "yield_g_h"]
@@ -187,5 +196,5 @@ def build_report(root, lot: str, settings: spc.SpcSettings = spc.SpcSettings(), 
             reports.publish_table(f"{key}-events", tables["events"][["event", "t_h", "kind", "feature", "rule",
                                                                     "action", "by", "detail"]], "lot events")
         for path in plots:
-            reports.publish_image(f"{key}-{path.stem}", path, path.stem.replace("_", " "))
+            reports.publish_plot(f"{key}-{path.stem.replace('_', '-')}", path, *LOT_PLOTS[path.stem])
     return summary

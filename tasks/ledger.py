@@ -116,8 +116,21 @@ def open_study(campaign: str, platform: PlatformConfig, objective: str, storage:
     study.set_user_attr("platform", platform.platform.name)
     study.set_user_attr("objective", objective)
     study.set_user_attr("initial_design", int(initial_design))
+    _name_metrics(study, objective)
     study.set_user_attr("space", space_signature(platform))  # last: the mark of a finished set-up
     return study, True
+
+
+def _name_metrics(study: optuna.Study, objective: str) -> None:
+    """Name the values, so the Optuna dashboard labels its axes PL_I, not "Objective 0"."""
+    import warnings
+
+    from tasks.targets import OBJECTIVES
+
+    names = [objective] if len(study.directions) == 1 else list(OBJECTIVES[:len(study.directions)])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        study.set_metric_names(names)
 
 
 def _check_same(study: optuna.Study, campaign: str, platform: PlatformConfig, objective: str,
