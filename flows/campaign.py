@@ -99,6 +99,8 @@ def _campaign_flow(settings: CampaignSettings, explain_model: bool) -> dict:
     update_progress_artifact(progress, progress=100.0)  # done, also when it stopped before the budget
     study = ledger.open_study(plan.campaign, config, state.objective.expression,
                               ledger.storage_url(plan.data_root, plan.storage), None, directions(plan))[0]
+    log.info("campaign %s: writing the report (final model, plots%s)", plan.campaign,
+             ", Pareto front" if plan.target is not None else ", SHAP" if explain_model else "")
     latest(study, final=True)
     if plan.target is not None:
         summary = build_target_report(config, study, state.objective, plan.data_root, plan.campaign,
