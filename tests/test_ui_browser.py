@@ -4,7 +4,8 @@ A small campaign runs through its deployment on the session's server (tests/pref
 the run's page, its artifacts tab, every artifact of the server and the run form are opened in
 Chromium. Every image must have loaded (a `file://` picture in an http page never does), the
 summary must show its plots, and the SHAP table must show the signs of the effects as text.
-Screenshots go to $SDFL_SCREENSHOTS when it is set (else a temporary folder) for a person to look at.
+Screenshots of whole pages go to $SDFL_SCREENSHOTS when it is set, for a person to look at (else
+the first screen of each page goes to a temporary folder).
 
 `make test` installs Debian's chromium when it is missing; where it cannot (no root, no apt), the
 test is skipped and says why.
@@ -47,38 +48,73 @@ def shots(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def campaign_run(lab) -> dict:
-    """A 12-experiment optimization started through its deployment, as the UI's Run button does."""
+def runs(lab) -> dict:
+    """Every flow that makes plots, started at once: through their deployments on the reactor (a
+    12-experiment optimization, a residence-time study and a 1 h lot, which take the reactor in
+    turn), and a target campaign on the CsPbBr3 reactor from a Python process."""
+    import subprocess
+    import sys
+
+    from prefect_lab import REPO
+
     root = lab.data / "browser"
-    reply = lab.trigger("optimize", {"campaign": "browser", "budget": 12, "platform": REACTOR,
-                                     "data_root": str(root), "seed": 0})
-    assert reply.status_code == 201, reply.text
-    run = reply.json()
-    state = lab.wait(run["id"], timeout_s=300)
-    assert state["type"] == "COMPLETED", lab.logs(run["id"])[-3000:]
-    return {**run, "root": root}
+    script = ("from flows.campaign import seek_target\n"
+              f"seek_target(campaign='green', platform='virtual-cspbbr3-oaoam', target_peak_nm=516.0, budget=6, "
+              f"initial=4, data_root={str(root)!r})\n")
+    target = subprocess.Popen([sys.executable, "-c", script], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                              env={**os.environ, "PREFECT_API_URL": lab.api, "PREFECT_HOME": str(lab.home)})
+    started = {}
+    for flow, parameters in (
+            ("optimize", {"campaign": "browser", "budget": 12, "seed": 0}),
+            ("residence-time-study", {"reaction_times_s": [25.0, 42.0], "follow_tau": 2.0}),
+            ("manufacture", {"lot": "browser-lot", "recipe": {"temperature_c": 145.0}, "duration_h": 1.0,
+                             "qualification_min": 20.0, "qualification_points": 10, "qc_every_min": 5.0,
+                             "on_alarm": "continue", "auto_refill": True})):
+        reply = lab.trigger(flow, {**parameters, "platform": REACTOR, "data_root": str(root)})
+        assert reply.status_code == 201, reply.text
+        started[flow] = reply.json()
+    for flow, run in started.items():
+        state = lab.wait(run["id"], timeout_s=400)
+        assert state["type"] == "COMPLETED", (flow, lab.logs(run["id"])[-3000:])
+    output = target.communicate(timeout=300)[0].decode()
+    assert target.returncode == 0, output[-3000:]
+    return {**started, "root": root}
+
+
+@pytest.fixture(scope="module")
+def campaign_run(runs) -> dict:
+    return {**runs["optimize"], "root": runs["root"]}
 
 
 def ui(lab) -> str:
     return lab.api.removesuffix("/api")
 
 
-def open_page(browser, url: str, shot: Path, height: int = 1000):
-    """Open `url`, wait until every image is complete, take a full screenshot; returns the page."""
-    page = browser.new_page(viewport={"width": 1400, "height": height})
+def open_page(browser, url: str, shot: Path, height: int = 1000, images: int = 0):
+    """Open `url`, wait until its `images` are there and complete, take a screenshot (the whole
+    page when $SDFL_SCREENSHOTS asks for them); returns the page."""
+    page = browser.new_page(viewport={"width": 1400, "height": height if os.environ.get("SDFL_SCREENSHOTS") else 1000})
     page.goto(url, wait_until="networkidle")
-    page.wait_for_timeout(1000)  # the UI renders after its API calls return
+    if images:
+        page.wait_for_function(f"() => document.images.length >= {images}", timeout=20_000)
+    else:
+        page.wait_for_timeout(1000)  # the UI renders after its API calls return
     page.wait_for_function(IMAGES_LOADED, timeout=20_000)
-    page.screenshot(path=str(shot), full_page=True)
+    page.screenshot(path=str(shot), full_page=bool(os.environ.get("SDFL_SCREENSHOTS")))
     return page
 
 
 def artifacts_of(lab, run_id: str | None = None) -> list[dict]:
+    """Every artifact of the server (or of one flow run), newest first, page by page."""
     query = {"artifacts": {"flow_run_id": {"any_": [run_id]}}} if run_id else {}
-    return lab.http.post("/artifacts/filter", json={**query, "limit": 200}).json()
+    found: list[dict] = []
+    while page := lab.http.post("/artifacts/filter", json={**query, "sort": "CREATED_DESC", "limit": 200,
+                                                            "offset": len(found)}).json():
+        found += page
+    return found
 
 
-def test_no_artifact_points_at_a_file_on_the_workers_disk(lab, campaign_run):
+def test_no_artifact_points_at_a_file_on_the_workers_disk(lab, runs, campaign_run):
     """A browser never loads file: images into an http page: every picture travels in the artifact."""
     for artifact in artifacts_of(lab):
         text = str(artifact["data"])
@@ -86,28 +122,29 @@ def test_no_artifact_points_at_a_file_on_the_workers_disk(lab, campaign_run):
         assert "](file:" not in text and "src=\"file:" not in text, artifact["key"]
 
 
-def test_every_image_of_every_artifact_loads_in_the_browser(lab, campaign_run, browser, shots):
-    artifacts = [a for a in artifacts_of(lab) if a["type"] in ("markdown", "image")]
+def test_every_image_of_every_artifact_loads_in_the_browser(lab, runs, campaign_run, browser,
+                                                             shots):
+    latest = lab.http.post("/artifacts/latest/filter", json={"limit": 200}).json()  # one per key
+    artifacts = [{**a, "id": a["latest_id"]} for a in latest if a["type"] in ("markdown", "image")]
     keys = {a["key"] for a in artifacts}
     assert {"browser-summary", "browser-best-so-far", "browser-best-spectra", "browser-shap",
-            "browser-response-surface", "browser-latest-spectra"} <= keys
-    checked = set()
+            "browser-response-surface", "browser-latest-spectra",  # the campaign
+            "residence-time-plot", "lot-browser-lot-report", "lot-browser-lot-control-charts",  # study and lot
+            "green-summary", "green-pareto", "green-pareto-front", "green-best-spectra"} <= keys, keys
     for artifact in artifacts:
-        if artifact["key"] in checked:  # one version of each key is enough
-            continue
-        checked.add(artifact["key"])
+        embedded = str(artifact["data"]).count("data:image/png;base64,")
         page = open_page(browser, f"{ui(lab)}/artifacts/artifact/{artifact['id']}", shots / f"{artifact['key']}.png",
-                         height=4000)
+                         height=4000, images=embedded)
         widths = page.evaluate(IMAGE_WIDTHS)
         page.close()
-        embedded = str(artifact["data"]).count("data:image/png;base64,")
         assert len(widths) >= embedded, (artifact["key"], widths)
         assert all(width > 0 for _, width in widths), (artifact["key"], widths)
 
 
 def test_the_summary_shows_its_plots_and_a_caveat_for_a_small_campaign(lab, campaign_run, browser, shots):
     summary = next(a for a in artifacts_of(lab, campaign_run["id"]) if a["key"] == "browser-summary")
-    page = open_page(browser, f"{ui(lab)}/artifacts/artifact/{summary['id']}", shots / "summary-full.png", 5000)
+    page = open_page(browser, f"{ui(lab)}/artifacts/artifact/{summary['id']}", shots / "summary-full.png", 5000,
+                     images=5)
     text = page.inner_text("main") if page.query_selector("main") else page.inner_text("body")
     widths = page.evaluate(IMAGE_WIDTHS)
     page.close()
