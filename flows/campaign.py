@@ -66,11 +66,12 @@ def _campaign_flow(settings: CampaignSettings, explain_model: bool) -> dict:
     from prefect import get_run_logger
     from prefect.artifacts import create_progress_artifact, update_progress_artifact
 
-    from flows.campaign_report import build_report, build_target_report
+    from flows.campaign_report import build_report
     from flows.experiment import prefect_steps
     from flows.reactor import reactor_lock
     from flows.remote import DeploymentReactor
     from flows.spectra_report import LatestSpectra
+    from flows.target_report import build_target_report
     from hardware.platform import load_platform
     from hardware.rig import open_rig
 
