@@ -11,7 +11,6 @@ export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 # of what these targets start live in .prefect/.
 HOST ?= 127.0.0.1
 PORT ?= 4200
-REACTOR ?= virtual-cs3cu2i5
 PREFECT_LOCAL := $(CURDIR)/.prefect
 LOCAL := $(BIN)/python deployments/local.py --home $(PREFECT_LOCAL) --host $(HOST) --port $(PORT)
 
@@ -61,8 +60,9 @@ server: $(STAMP)
 deploy: $(STAMP)
 	@$(LOCAL) deploy
 
+# `make worker`: a worker for every reactor of deployments/prefect.yaml; `make worker REACTOR=name`: that one.
 worker: $(STAMP)
-	@$(LOCAL) worker --reactor $(REACTOR)
+	@$(LOCAL) worker $(if $(REACTOR),--reactor $(REACTOR))
 
 ui-stop:
 	@if test -x $(BIN)/python; then $(LOCAL) stop; else echo "nothing to stop (no $(VENV))"; fi

@@ -144,11 +144,46 @@ def prepare(names: list[str]) -> list[str]:
     return done
 
 
+def write_forms(prefect_yaml: Path = HERE / "prefect.yaml") -> list[str]:
+    """Give each deployment of `prefect_yaml` its run form (`flows/forms.py`): plain fields, and the
+    condition laid out for the deployment's platform."""
+    import yaml
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import DeploymentUpdate
+
+    sys.path.insert(0, str(REPO))
+    from flows.forms import run_form
+    from flows.settings import FAMILIES
+    from hardware.errors import PlatformConfigError
+    from hardware.platform import load_platform
+
+    ours = {(d["entrypoint"], d["name"]) for d in yaml.safe_load(prefect_yaml.read_text())["deployments"]}
+    done = []
+    with get_client(sync_client=True) as client:
+        for deployment in client.read_deployments():
+            if (deployment.entrypoint, deployment.name) not in ours:
+                continue
+            flow = client.read_flow(deployment.flow_id).name
+            model = FAMILIES[flow]
+            where = deployment.parameters.get("platform", model.model_fields["platform"].default)
+            try:
+                platform = load_platform(where)
+            except PlatformConfigError as exc:  # a platform file on the worker's machine only
+                platform = None
+                done.append(f"{flow}/{deployment.name}: no platform here ({exc}); its condition stays a JSON box")
+            form = run_form(model, deployment.parameter_openapi_schema, platform, deployment.parameters)
+            client.update_deployment(deployment.id, DeploymentUpdate(parameter_openapi_schema=form))
+            done.append(f"run form of {flow}/{deployment.name} written")
+    return done
+
+
 def deploy(env: dict[str, str]) -> None:
-    """Pools and limits, then `prefect --no-prompt deploy --all` from deployments/."""
+    """Pools and limits, `prefect --no-prompt deploy --all` from deployments/, then the run forms."""
     for line in prepare(reactors()):
         print(line)
     subprocess.run([str(BIN / "prefect"), "--no-prompt", "deploy", "--all"], cwd=HERE, env=env, check=True)
+    for line in write_forms():
+        print(line)
 
 
 def start_worker(home: Path, api_url: str, reactor: str, **extra_env: str) -> subprocess.Popen | None:
@@ -229,7 +264,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--home", type=Path, default=REPO / ".prefect", help="PREFECT_HOME of the local server")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=4200)
-    parser.add_argument("--reactor", default="virtual-cs3cu2i5")
+    parser.add_argument("--reactor", help="worker: this reactor only (default: every reactor of prefect.yaml)")
     args = parser.parse_args(argv)
     home = args.home.resolve()
     api_url = f"http://{args.host}:{args.port}/api"
@@ -245,9 +280,10 @@ def main(argv: list[str] | None = None) -> int:
     elif args.command == "worker":
         if not healthy(api_url):
             raise SystemExit(f"no Prefect server at {api_url}: run `make server` first")
-        process = start_worker(home, api_url, args.reactor)
-        print(f"worker for reactor {args.reactor} {'started' if process else 'already running'} "
-              f"on pool reactor-{args.reactor}; log {home / f'worker-{args.reactor}.log'}")
+        for reactor in [args.reactor] if args.reactor else reactors():
+            process = start_worker(home, api_url, reactor)
+            print(f"worker for reactor {reactor} {'started' if process else 'already running'} "
+                  f"on pool reactor-{reactor}; log {home / f'worker-{reactor}.log'}")
     else:
         stopped = stop(home)
         print(f"stopped {len(stopped)} process(es)" if stopped else "nothing was running")

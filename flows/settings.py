@@ -16,6 +16,7 @@ import inspect
 from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic.fields import FieldInfo
 
 from hardware.errors import SdflInputError, did_you_mean
 from hardware.platform import DEFAULT_PLATFORM
@@ -28,6 +29,11 @@ class Cli:
 
     def __init__(self, *flags: str):
         self.flags = flags
+
+
+class PerParameter:
+    """Mark of a setting that gives a value to each parameter of the platform's space: a
+    deployment's run form shows it as one number field per parameter (`flows/forms.py`)."""
 
 
 def setting(description: str, *, unit: str = "", **bounds: Any) -> Any:
@@ -56,7 +62,7 @@ RigSeed = Annotated[int | None, setting("seed of the virtual lab's noise; empty:
                                         "real rigs", ge=0)]
 Condition = Annotated[dict[str, float] | None, setting(
     "one value per parameter of the platform's space (names, units and ranges: `sdfl platform`); "
-    "a parameter left out takes the centre of its range"), Cli("--set")]
+    "a parameter left out takes the centre of its range"), Cli("--set"), PerParameter()]
 Objective = Annotated[str, setting(
     "what to maximise: a feature (PL_I, PL_A, FWHM_nm, Abs_300, ...) or a formula of features, e.g. PL_I / FWHM_nm")]
 Seed = Annotated[int, setting("random seed: initial design, policy and the virtual lab's noise", ge=0)]
@@ -201,11 +207,28 @@ def bounds_of(field) -> dict[str, Any]:
     return out
 
 
-def range_text(field) -> str:
-    """A setting's bounds in words: "at least 1 and at most 10000", or ""."""
+def item_bounds(field) -> dict[str, Any]:
+    """The bounds of each item of a list setting (`list[Annotated[float, Field(gt=0)]]`), else {}."""
+    from typing import get_args, get_origin
+
+    if get_origin(field.annotation) is not list:
+        return {}
+    (item,) = get_args(field.annotation)
+    return bounds_of(FieldInfo.from_annotation(item))
+
+
+def bounds_text(bounds: dict[str, Any]) -> str:
+    """Bounds given as JSON-schema words in plain words: "at least 1 and at most 10000", or ""."""
     words = {"minimum": "at least", "exclusiveMinimum": "more than", "maximum": "at most",
              "exclusiveMaximum": "less than"}
-    return " and ".join(f"{words[k]} {v:g}" for k, v in bounds_of(field).items())
+    return " and ".join(f"{words[k]} {v:g}" for k, v in bounds.items())
+
+
+def range_text(field) -> str:
+    """A setting's bounds in words: "at least 1 and at most 10000", "each more than 0" (a list), or ""."""
+    if item_bounds(field):
+        return "each " + bounds_text(item_bounds(field))
+    return bounds_text(bounds_of(field))
 
 
 # --- the flows' signatures ------------------------------------------------------------------
@@ -430,7 +453,7 @@ class SeekTargetSettings(CampaignSettings):
     initial: Initial = 6
     patience: Annotated[int | None, setting(
         "stop once on target and this many experiments after the best on-target one did not beat it; "
-        "empty (none): run the whole budget", ge=0, le=10_000)] = 5
+        "empty (none), or as many as the budget: run the whole budget", ge=0, le=10_000)] = 5
     remote_reactors: RemoteReactors = None
 
     @model_validator(mode="after")

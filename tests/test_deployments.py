@@ -6,6 +6,7 @@ worker killed in the middle of a campaign. Everything it starts, it stops.
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -17,9 +18,28 @@ import pandas as pd
 import pytest
 from prefect_lab import FINAL, REACTOR, REPO, local
 
+from flows.settings import bounds_text, centred
+from hardware.platform import load_platform
+from hardware.units import unit_label
 from tasks.ledger import storage_url
 
 pytestmark = pytest.mark.slow
+
+BOUNDS = ("minimum", "exclusiveMinimum", "maximum", "exclusiveMaximum")
+
+
+def form_fields(schema: dict, path: str = ""):
+    """Every field of a run form, the condition's own fields included, as (path, field)."""
+    for name, field in schema.get("properties", {}).items():
+        yield path + name, field
+        yield from form_fields(field, f"{path}{name}.")
+
+
+def every_form(lab) -> dict[str, dict]:
+    """The run form of each deployment, by flow name."""
+    flows = {f["id"]: f["name"] for f in lab.http.post("/flows/filter", json={}).json()}
+    deployments = lab.http.post("/deployments/filter", json={}).json()
+    return {flows[d["flow_id"]]: d["parameter_openapi_schema"] for d in deployments}
 
 
 def test_the_deployments_show_typed_forms_on_the_reactor_pool(lab):
@@ -53,6 +73,102 @@ def test_the_other_reactors_get_their_own_pools_and_deployments(lab):
         assert lab.http.get(f"/v2/concurrency_limits/reactor-{reactor}").json()["limit"] == 1
 
 
+def test_every_field_of_every_form_is_one_plain_field(lab):
+    """Prefect 3.8.8's UI draws `anyOf` [X, null] as type tabs over 'Property is type "None"', and
+    sends a default of null as null, which a plain type refuses: no field of the seven forms has either."""
+    forms = every_form(lab)
+    assert len(forms) == 7
+    for flow, form in forms.items():
+        for path, field in form_fields(form):
+            where = f"{flow}: {path}"
+            assert not any(option.get("type") == "null" for option in field.get("anyOf", [])), where
+            assert not isinstance(field.get("type"), list), where
+            assert "default" not in field or field["default"] is not None, where
+
+
+def test_every_number_field_shows_its_range_and_unit(lab):
+    """The form shows a field's description but not its bounds: the description says them, and the unit."""
+    for flow, form in every_form(lab).items():
+        for path, field in form_fields(form):
+            numbers = field if field.get("type") in ("number", "integer") else field.get("items") or {}
+            if numbers.get("type") not in ("number", "integer"):
+                continue
+            bounds = {word: numbers[word] for word in BOUNDS if word in numbers}
+            assert bounds, f"{flow}: {path} has no bounds"
+            assert bounds_text(bounds) in field["description"], f"{flow}: {path}: {field['description']}"
+            if "unit" in field:
+                assert f"({field['unit']})" in field["description"], f"{flow}: {path}: {field['description']}"
+
+
+def test_no_text_of_a_deployment_is_in_angle_brackets(lab):
+    """The UI reads descriptions as Markdown and drops `<data root>` as an unknown HTML tag."""
+    tag = re.compile(r"<[A-Za-z][^>]*>")
+    for deployment in lab.http.post("/deployments/filter", json={}).json():
+        texts = [deployment["description"], *(field.get("description", "") for _, field in
+                                                 form_fields(deployment["parameter_openapi_schema"]))]
+        assert not [text for text in texts if tag.search(text or "")], deployment["name"]
+
+
+def test_the_run_experiment_form_has_one_field_per_parameter_of_its_platform(lab):
+    """Name, unit, range and description from the platform file; default: the centre, as `sdfl experiment`."""
+    platform = load_platform(REACTOR)
+    condition = lab.deployment("run-experiment")["parameter_openapi_schema"]["properties"]["condition"]
+    assert condition["type"] == "object" and condition["additionalProperties"] is False
+    assert list(condition["properties"]) == platform.parameter_names
+    centre = centred(platform, {})
+    for parameter in platform.parameters:
+        field = condition["properties"][parameter.name]
+        assert field["type"] == "number" and field["title"] == parameter.name
+        assert (field["minimum"], field["maximum"]) == (parameter.low, parameter.high)
+        assert field["default"] == pytest.approx(centre[parameter.name], abs=1e-12)
+        assert parameter.description in field["description"]
+        assert unit_label(parameter.unit) in field["title"] + field["description"]
+
+
+def test_a_run_of_the_run_experiment_form_completes(lab):
+    """What the form sends: the condition's fields (a changed one among the centres), the empty
+    fields left out. An API client may send null for an empty field instead (flows/remote.py sends
+    seed=None); a value outside the platform's range is refused naming it."""
+    form = lab.deployment("run-experiment")["parameter_openapi_schema"]["properties"]
+    condition = {name: field["default"] for name, field in form["condition"]["properties"].items()}
+    condition["temperature_c"] = 141.0
+    root = lab.data / "form"
+    reply = lab.trigger("run-experiment", {"condition": condition, "campaign": "form", "data_root": str(root),
+                                           "seed": None, "steady_check": None})
+    assert reply.status_code == 201, reply.text
+    state = lab.wait(reply.json()["id"])
+    assert state["type"] == "COMPLETED", lab.logs(reply.json()["id"])[-3000:]
+    rows = pd.read_parquet(root / "experiments")
+    assert list(rows["status"]) == ["completed"] and rows["temperature_c"].iloc[0] == 141.0
+
+    too_hot = lab.trigger("run-experiment", {"condition": {**condition, "temperature_c": 500.0}})
+    assert too_hot.status_code == 409
+    assert "Validation failed for field 'condition.temperature_c'" in too_hot.json()["detail"]
+
+
+def test_make_worker_serves_every_reactor_of_the_deployment_file(lab):
+    """`make worker` (local.py worker without --reactor): one worker per reactor named in prefect.yaml,
+    so no deployment shows Not Ready. The ones it added are stopped again: more workers polling the
+    session's SQLite server make it answer 503 (database is locked) now and then."""
+    port = lab.api.rsplit(":", 1)[1].split("/")[0]
+    reactors = local.reactors()
+    assert {REACTOR, "virtual-cspbbr3-oaoam", "virtual-inp-zns"} <= set(reactors)
+    try:
+        assert local.main(["worker", "--home", str(lab.home), "--port", port]) == 0
+        assert all(local.running(f"worker-{reactor}", lab.home) for reactor in reactors)
+        deadline = time.monotonic() + 60
+        while {lab.http.get(f"/work_pools/reactor-{reactor}").json()["status"] for reactor in reactors} != {"READY"}:
+            assert time.monotonic() < deadline, "a reactor's pool is still not ready"
+            time.sleep(1)
+    finally:
+        added = [pid for reactor in reactors if reactor != REACTOR and (pid := local.running(f"worker-{reactor}", lab.home))]
+        for pid in added:
+            os.killpg(pid, signal.SIGTERM)
+        deadline = time.monotonic() + 20
+        while any(local.alive(pid) for pid in added) and time.monotonic() < deadline:
+            time.sleep(0.2)
+
+
 def test_a_run_started_like_the_ui_records_parquet_and_artifacts(lab):
     root = lab.data / "ui"
     reply = lab.trigger("optimize", {"campaign": "ui", "budget": 3, "initial": 2, "platform": REACTOR,
@@ -73,7 +189,7 @@ def test_a_run_started_like_the_ui_records_parquet_and_artifacts(lab):
     keys = {a["key"] for a in artifacts if a["key"]}
     assert {"ui-best-so-far", "ui-summary"} <= keys
     summary = next(a for a in artifacts if a["key"] == "ui-summary")
-    assert "experiments: 3 (3 completed)" in summary["data"]
+    assert "Experiments: 3 (3 completed)" in summary["data"]
 
 
 @pytest.mark.parametrize("parameters, field, reason", [

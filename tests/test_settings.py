@@ -4,6 +4,7 @@ command line and the deployment file must all say what its model says."""
 from __future__ import annotations
 
 import inspect
+import re
 from pathlib import Path
 
 import pytest
@@ -126,6 +127,18 @@ def test_the_deployment_file_only_sets_values_the_model_accepts_and_never_restat
         stub = {name: "check" for name, field in model.model_fields.items() if field.is_required()}
         model.from_values({**stub, **(deployment.get("parameters") or {})})
     assert not problems, "\n".join(problems)
+
+
+def test_no_text_a_scientist_reads_in_the_ui_is_in_angle_brackets():
+    """The Prefect UI reads descriptions as Markdown and drops `<data root>` as an unknown HTML tag:
+    the deployment file, the flows' docstrings and the settings say such things in words."""
+    tag = re.compile(r"<[A-Za-z][^>]*>")
+    config = yaml.safe_load((Path(REPO_DIR) / "deployments" / "prefect.yaml").read_text())
+    texts = {f"prefect.yaml: {d['entrypoint']} on {d['name']}": d.get("description") for d in config["deployments"]}
+    for flow_name, model in FAMILIES.items():
+        texts[f"{flow_name}: docstring"] = load(FLOWS[flow_name]).description
+        texts.update({f"{flow_name}: {name}": field.description for name, field in model.model_fields.items()})
+    assert {where: text for where, text in texts.items() if tag.search(text or "")} == {}
 
 
 @pytest.mark.usefixtures("prefect_harness")
