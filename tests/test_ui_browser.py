@@ -188,4 +188,11 @@ def test_the_run_form_shows_ranges_and_no_type_noise(lab, browser, shots):
         text = page.inner_text("body")
         page.close()
         assert 'Property is type "None"' not in text, text[:3000]
-        assert "at least 1 and at most 10000" in text or flow != "optimize", text[:3000]
+        shown = {"optimize": "experiments in total, failed ones included; at least 1 and at most 10000",
+                 "run-experiment": "reactor temperature (degC); at least 120 and at most 150"}  # a field per parameter
+        assert shown[flow] in text, text[:3000]
+
+
+def test_every_experiment_records_the_flow_run_that_ran_it(campaign_run):
+    rows = pd.read_parquet(campaign_run["root"] / "experiments" / "campaign=browser")
+    assert len(rows) == 12 and set(rows["flow_run_id"]) == {campaign_run["id"]}
