@@ -103,10 +103,7 @@ def plot_control_charts(samples: pd.DataFrame, limits: pd.DataFrame, features: l
         ax.set_ylabel(feature)
     axes[0, 0].legend(loc="lower left", bbox_to_anchor=(0, 1.0), fontsize=7, ncol=4, frameon=False)
     axes[-1, 0].set_xlabel("time since the lot started (h); orange: 2 and 3 sigma, green dashed: EWMA limits")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return reports.save_figure(fig, path, dpi=100)
 
 
 def plot_inventory(samples: pd.DataFrame, path: Path) -> Path:
@@ -118,10 +115,7 @@ def plot_inventory(samples: pd.DataFrame, path: Path) -> Path:
     ax.set_xlabel("time since the lot started (h)")
     ax.set_ylabel("syringe (mL)")
     ax.legend(fontsize=7, ncol=4)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return reports.save_figure(fig, path, dpi=100)
 
 
 def report_markdown(summary: dict, events: pd.DataFrame) -> str:

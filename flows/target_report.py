@@ -136,11 +136,7 @@ def plot_pareto(table: pd.DataFrame, target: targets.Target, path: Path) -> Path
     bx.set_ylabel("desirability (0-1)")
     bx.set_ylim(-0.02, 1.02)
     bx.legend(fontsize=7)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return reports.save_figure(fig, path)
 
 
 PARETO_COLUMNS = ["experiment_id", "peak_nm", "peak_error_nm", "fwhm_nm", "quality", "desirability", "on_target"]

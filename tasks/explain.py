@@ -16,9 +16,9 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from tasks import reports  # noqa: E402
+
 BACKGROUND = 20
-
-
 ALL_COALITIONS_UP_TO = 12
 """Inputs up to which every coalition is evaluated (exact Shapley values); above, a sample."""
 
@@ -92,11 +92,7 @@ def plot_response_surface(model, platform, best_unit: np.ndarray, top_two: list[
     ax.set_xlabel(top_two[0])
     ax.set_ylabel(top_two[1])
     ax.legend(loc="best", fontsize=8)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return reports.save_figure(fig, path)
 
 
 def plot_best_so_far(values: np.ndarray, objective: str, path: Path, optimum: float | None = None) -> Path:
@@ -112,8 +108,4 @@ def plot_best_so_far(values: np.ndarray, objective: str, path: Path, optimum: fl
     ax.set_xlabel("experiment")
     ax.set_ylabel(objective)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return reports.save_figure(fig, path)

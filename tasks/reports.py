@@ -67,6 +67,15 @@ def publish_plot(key: str, path: Path, title: str, caption: str = "") -> None:
     publish_markdown(key, plot_markdown(path, title, caption), title)
 
 
+def save_figure(fig, path: Path, dpi: int = 110) -> Path:
+    """Lay out, write and close a figure; its folder is made if missing."""
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=dpi)
+    plt.close(fig)
+    return path
+
+
 def plot_transients(series: pd.DataFrame, switches: list[dict], features: list[str], path: Path) -> Path:
     """Each feature against time in units of the current tau, one panel per feature.
 
@@ -90,10 +99,7 @@ def plot_transients(series: pd.DataFrame, switches: list[dict], features: list[s
         axes[0].annotate(step["label"], (step["t_s"], 1.0), xycoords=("data", "axes fraction"),
                          fontsize=8, va="bottom")
     axes[-1].set_xlabel("platform time (s); grey: switch, red dashed: 1.2 tau, green dotted: within 1 %")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def plot_spectra(spectra: pd.DataFrame, row: dict, path: Path, title: str) -> Path:
@@ -131,11 +137,7 @@ def plot_spectra(spectra: pd.DataFrame, row: dict, path: Path, title: str) -> Pa
         if ax.lines:
             ax.legend(fontsize=7, loc="upper right" if ax is ab else "upper left")
     fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=100)
 
 
 def _finite(value) -> bool:
