@@ -45,8 +45,15 @@ def fresh_rigs():
     rig_module._RIGS.clear()
 
 
+@pytest.hookimpl(trylast=True)  # after pytest's own grouping by fixture
+def pytest_collection_modifyitems(config, items):
+    """The tests on the shared Prefect server (`ui_lab`) run last, so its server and worker, which
+    poll all the time, are up only while they run: they would slow every other test."""
+    items.sort(key=lambda item: "ui_lab" in getattr(item, "fixturenames", ()))
+
+
 @pytest.fixture(scope="session")
-def lab(tmp_path_factory):
+def ui_lab(tmp_path_factory):
     """A Prefect server, the deployments and a worker, as `make server deploy worker` makes them
     (tests/prefect_lab.py): started on first use, shared by the session, stopped at its end."""
     from prefect_lab import running_lab

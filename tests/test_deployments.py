@@ -35,15 +35,15 @@ def form_fields(schema: dict, path: str = ""):
         yield from form_fields(field, f"{path}{name}.")
 
 
-def every_form(lab) -> dict[str, dict]:
+def every_form(ui_lab) -> dict[str, dict]:
     """The run form of each deployment, by flow name."""
-    flows = {f["id"]: f["name"] for f in lab.http.post("/flows/filter", json={}).json()}
-    deployments = lab.http.post("/deployments/filter", json={}).json()
+    flows = {f["id"]: f["name"] for f in ui_lab.http.post("/flows/filter", json={}).json()}
+    deployments = ui_lab.http.post("/deployments/filter", json={}).json()
     return {flows[d["flow_id"]]: d["parameter_openapi_schema"] for d in deployments}
 
 
-def test_the_deployments_show_typed_forms_on_the_reactor_pool(lab):
-    names = {flow: lab.deployment(flow) for flow in ("optimize", "explore", "residence-time-study", "manufacture")}
+def test_the_deployments_show_typed_forms_on_the_reactor_pool(ui_lab):
+    names = {flow: ui_lab.deployment(flow) for flow in ("optimize", "explore", "residence-time-study", "manufacture")}
     for deployment in names.values():
         assert deployment["name"] == REACTOR and deployment["work_pool_name"] == f"reactor-{REACTOR}"
         assert f"reactor:{REACTOR}" in deployment["tags"] and deployment["enforce_parameter_schema"]
@@ -55,28 +55,28 @@ def test_the_deployments_show_typed_forms_on_the_reactor_pool(lab):
     assert "ei" in policy["enum"] and "expected improvement" in policy["description"]
     schedules = names["manufacture"]["schedules"]
     assert schedules and all(not s["active"] and s["schedule"]["timezone"] for s in schedules)
-    pool = lab.http.get(f"/work_pools/reactor-{REACTOR}").json()
+    pool = ui_lab.http.get(f"/work_pools/reactor-{REACTOR}").json()
     assert pool["type"] == "process"
-    limit = lab.http.get(f"/v2/concurrency_limits/reactor-{REACTOR}").json()
+    limit = ui_lab.http.get(f"/v2/concurrency_limits/reactor-{REACTOR}").json()
     assert limit["limit"] == 1 and limit["active"]
 
 
-def test_the_other_reactors_get_their_own_pools_and_deployments(lab):
-    green = lab.deployment("seek-target")
+def test_the_other_reactors_get_their_own_pools_and_deployments(ui_lab):
+    green = ui_lab.deployment("seek-target")
     assert green["work_pool_name"] == "reactor-virtual-cspbbr3-oaoam"
     assert green["parameters"]["target_peak_nm"] == 516.0 and green["parameters"]["max_fwhm_nm"] == 18.0
     assert "target_peak_ev" in green["parameter_openapi_schema"]["properties"]
-    cascade = lab.deployment("rig-procedure")
+    cascade = ui_lab.deployment("rig-procedure")
     assert cascade["work_pool_name"] == "reactor-virtual-inp-zns"
     assert cascade["parameter_openapi_schema"]["properties"]["procedure"]["enum"] == ["startup", "shutdown"]
     for reactor in ("virtual-cspbbr3-oaoam", "virtual-inp-zns"):
-        assert lab.http.get(f"/v2/concurrency_limits/reactor-{reactor}").json()["limit"] == 1
+        assert ui_lab.http.get(f"/v2/concurrency_limits/reactor-{reactor}").json()["limit"] == 1
 
 
-def test_every_field_of_every_form_is_one_plain_field(lab):
+def test_every_field_of_every_form_is_one_plain_field(ui_lab):
     """Prefect 3.8.8's UI draws `anyOf` [X, null] as type tabs over 'Property is type "None"', and
     sends a default of null as null, which a plain type refuses: no field of the seven forms has either."""
-    forms = every_form(lab)
+    forms = every_form(ui_lab)
     assert len(forms) == 7
     for flow, form in forms.items():
         for path, field in form_fields(form):
@@ -86,9 +86,9 @@ def test_every_field_of_every_form_is_one_plain_field(lab):
             assert "default" not in field or field["default"] is not None, where
 
 
-def test_every_number_field_shows_its_range_and_unit(lab):
+def test_every_number_field_shows_its_range_and_unit(ui_lab):
     """The form shows a field's description but not its bounds: the description says them, and the unit."""
-    for flow, form in every_form(lab).items():
+    for flow, form in every_form(ui_lab).items():
         for path, field in form_fields(form):
             numbers = field if field.get("type") in ("number", "integer") else field.get("items") or {}
             if numbers.get("type") not in ("number", "integer"):
@@ -100,19 +100,19 @@ def test_every_number_field_shows_its_range_and_unit(lab):
                 assert f"({field['unit']})" in field["description"], f"{flow}: {path}: {field['description']}"
 
 
-def test_no_text_of_a_deployment_is_in_angle_brackets(lab):
+def test_no_text_of_a_deployment_is_in_angle_brackets(ui_lab):
     """The UI reads descriptions as Markdown and drops `<data root>` as an unknown HTML tag."""
     tag = re.compile(r"<[A-Za-z][^>]*>")
-    for deployment in lab.http.post("/deployments/filter", json={}).json():
+    for deployment in ui_lab.http.post("/deployments/filter", json={}).json():
         texts = [deployment["description"], *(field.get("description", "") for _, field in
                                                  form_fields(deployment["parameter_openapi_schema"]))]
         assert not [text for text in texts if tag.search(text or "")], deployment["name"]
 
 
-def test_the_run_experiment_form_has_one_field_per_parameter_of_its_platform(lab):
+def test_the_run_experiment_form_has_one_field_per_parameter_of_its_platform(ui_lab):
     """Name, unit, range and description from the platform file; default: the centre, as `sdfl experiment`."""
     platform = load_platform(REACTOR)
-    condition = lab.deployment("run-experiment")["parameter_openapi_schema"]["properties"]["condition"]
+    condition = ui_lab.deployment("run-experiment")["parameter_openapi_schema"]["properties"]["condition"]
     assert condition["type"] == "object" and condition["additionalProperties"] is False
     assert list(condition["properties"]) == platform.parameter_names
     centre = centred(platform, {})
@@ -125,43 +125,43 @@ def test_the_run_experiment_form_has_one_field_per_parameter_of_its_platform(lab
         assert unit_label(parameter.unit) in field["title"] + field["description"]
 
 
-def test_a_run_of_the_run_experiment_form_completes(lab):
+def test_a_run_of_the_run_experiment_form_completes(ui_lab):
     """What the form sends: the condition's fields (a changed one among the centres), the empty
     fields left out. An API client may send null for an empty field instead (flows/remote.py sends
     seed=None); a value outside the platform's range is refused naming it."""
-    form = lab.deployment("run-experiment")["parameter_openapi_schema"]["properties"]
+    form = ui_lab.deployment("run-experiment")["parameter_openapi_schema"]["properties"]
     condition = {name: field["default"] for name, field in form["condition"]["properties"].items()}
     condition["temperature_c"] = 141.0
-    root = lab.data / "form"
-    reply = lab.trigger("run-experiment", {"condition": condition, "campaign": "form", "data_root": str(root),
+    root = ui_lab.data / "form"
+    reply = ui_lab.trigger("run-experiment", {"condition": condition, "campaign": "form", "data_root": str(root),
                                            "seed": None, "steady_check": None})
     assert reply.status_code == 201, reply.text
-    state = lab.wait(reply.json()["id"])
-    assert state["type"] == "COMPLETED", lab.logs(reply.json()["id"])[-3000:]
+    state = ui_lab.wait(reply.json()["id"])
+    assert state["type"] == "COMPLETED", ui_lab.logs(reply.json()["id"])[-3000:]
     rows = pd.read_parquet(root / "experiments")
     assert list(rows["status"]) == ["completed"] and rows["temperature_c"].iloc[0] == 141.0
 
-    too_hot = lab.trigger("run-experiment", {"condition": {**condition, "temperature_c": 500.0}})
+    too_hot = ui_lab.trigger("run-experiment", {"condition": {**condition, "temperature_c": 500.0}})
     assert too_hot.status_code == 409
     assert "Validation failed for field 'condition.temperature_c'" in too_hot.json()["detail"]
 
 
-def test_make_worker_serves_every_reactor_of_the_deployment_file(lab):
+def test_make_worker_serves_every_reactor_of_the_deployment_file(ui_lab):
     """`make worker` (local.py worker without --reactor): one worker per reactor named in prefect.yaml,
     so no deployment shows Not Ready. The ones it added are stopped again: more workers polling the
     session's SQLite server make it answer 503 (database is locked) now and then."""
-    port = lab.api.rsplit(":", 1)[1].split("/")[0]
+    port = ui_lab.api.rsplit(":", 1)[1].split("/")[0]
     reactors = local.reactors()
     assert {REACTOR, "virtual-cspbbr3-oaoam", "virtual-inp-zns"} <= set(reactors)
     try:
-        assert local.main(["worker", "--home", str(lab.home), "--port", port]) == 0
-        assert all(local.running(f"worker-{reactor}", lab.home) for reactor in reactors)
+        assert local.main(["worker", "--home", str(ui_lab.home), "--port", port]) == 0
+        assert all(local.running(f"worker-{reactor}", ui_lab.home) for reactor in reactors)
         deadline = time.monotonic() + 60
-        while {lab.http.get(f"/work_pools/reactor-{reactor}").json()["status"] for reactor in reactors} != {"READY"}:
+        while {ui_lab.http.get(f"/work_pools/reactor-{reactor}").json()["status"] for reactor in reactors} != {"READY"}:
             assert time.monotonic() < deadline, "a reactor's pool is still not ready"
             time.sleep(1)
     finally:
-        added = [pid for reactor in reactors if reactor != REACTOR and (pid := local.running(f"worker-{reactor}", lab.home))]
+        added = [pid for reactor in reactors if reactor != REACTOR and (pid := local.running(f"worker-{reactor}", ui_lab.home))]
         for pid in added:
             os.killpg(pid, signal.SIGTERM)
         deadline = time.monotonic() + 20
@@ -169,19 +169,19 @@ def test_make_worker_serves_every_reactor_of_the_deployment_file(lab):
             time.sleep(0.2)
 
 
-def test_a_run_started_like_the_ui_records_parquet_and_artifacts(lab):
-    root = lab.data / "ui"
-    reply = lab.trigger("optimize", {"campaign": "ui", "budget": 3, "initial": 2, "platform": REACTOR,
+def test_a_run_started_like_the_ui_records_parquet_and_artifacts(ui_lab):
+    root = ui_lab.data / "ui"
+    reply = ui_lab.trigger("optimize", {"campaign": "ui", "budget": 3, "initial": 2, "platform": REACTOR,
                                      "data_root": str(root), "explain": False})
     assert reply.status_code == 201, reply.text
     run = reply.json()
-    state = lab.wait(run["id"])
-    assert state["type"] == "COMPLETED", lab.logs(run["id"])[-3000:]
+    state = ui_lab.wait(run["id"])
+    assert state["type"] == "COMPLETED", ui_lab.logs(run["id"])[-3000:]
 
     rows = pd.read_parquet(root / "experiments")
     assert sorted(rows["experiment_id"]) == ["ui-t0000", "ui-t0001", "ui-t0002"]
     assert set(rows["status"]) == {"completed"} and (rows["PL_I"] > 0).all()
-    artifacts = lab.http.post("/artifacts/filter", json={"artifacts": {"flow_run_id": {"any_": [run["id"]]}}}).json()
+    artifacts = ui_lab.http.post("/artifacts/filter", json={"artifacts": {"flow_run_id": {"any_": [run["id"]]}}}).json()
     by_type = {}
     for artifact in artifacts:
         by_type.setdefault(artifact["type"], []).append(artifact)
@@ -198,34 +198,34 @@ def test_a_run_started_like_the_ui_records_parquet_and_artifacts(lab):
     ({"campaign": "../escape"}, "campaign", "does not match"),
     ({"campaign": "bad", "kappa": -1}, "kappa", "less than or equal to the minimum of 0"),
 ])
-def test_an_invalid_parameter_is_refused_at_creation_naming_the_field(lab, parameters, field, reason):
+def test_an_invalid_parameter_is_refused_at_creation_naming_the_field(ui_lab, parameters, field, reason):
     """Prefect 3.8.8 validates the parameters against the deployment's schema: HTTP 409, no run."""
-    before = len(lab.http.post("/flow_runs/filter", json={}).json())
-    reply = lab.trigger("optimize", parameters)
+    before = len(ui_lab.http.post("/flow_runs/filter", json={}).json())
+    reply = ui_lab.trigger("optimize", parameters)
     assert reply.status_code == 409
     detail = reply.json()["detail"]
     assert f"Validation failed for field '{field}'" in detail and reason in detail, detail
-    assert len(lab.http.post("/flow_runs/filter", json={}).json()) == before
+    assert len(ui_lab.http.post("/flow_runs/filter", json={}).json()) == before
 
 
-def test_a_missing_required_parameter_is_refused(lab):
-    reply = lab.trigger("optimize", {"budget": 3})
+def test_a_missing_required_parameter_is_refused(ui_lab):
+    reply = ui_lab.trigger("optimize", {"budget": 3})
     assert reply.status_code == 409 and "'campaign' is a required property" in reply.json()["detail"]
 
 
-def test_without_schema_enforcement_the_flow_itself_fails_the_run_naming_the_field(lab):
+def test_without_schema_enforcement_the_flow_itself_fails_the_run_naming_the_field(ui_lab):
     """A client may switch enforcement off per run: the flow's own check fails it before the rig moves."""
-    reply = lab.trigger("optimize", {"campaign": "unchecked", "budget": 0, "data_root": str(lab.data / "unchecked")},
+    reply = ui_lab.trigger("optimize", {"campaign": "unchecked", "budget": 0, "data_root": str(ui_lab.data / "unchecked")},
                         enforce_parameter_schema=False)
     assert reply.status_code == 201, reply.text
-    state = lab.wait(reply.json()["id"])
+    state = ui_lab.wait(reply.json()["id"])
     assert state["type"] == "FAILED"
     assert "SdflInputError: budget must be at least 1, got 0" in state["message"]
-    assert not (lab.data / "unchecked" / "experiments").exists()
+    assert not (ui_lab.data / "unchecked" / "experiments").exists()
     text, deadline = "", time.monotonic() + 20  # the run's logs reach the server in batches
     while "budget must be at least 1" not in text and time.monotonic() < deadline:
         time.sleep(0.5)
-        logs = lab.http.post("/logs/filter", json={"logs": {"flow_run_id": {"any_": [reply.json()["id"]]}}}).json()
+        logs = ui_lab.http.post("/logs/filter", json={"logs": {"flow_run_id": {"any_": [reply.json()["id"]]}}}).json()
         text = "\n".join(entry["message"] for entry in logs)
     assert "budget must be at least 1" in text and "Traceback" not in text, text  # what the UI shows: one line
 
@@ -245,7 +245,7 @@ def _descendants(pid: int) -> list[int]:
     return found
 
 
-def test_a_worker_killed_mid_campaign_leaves_it_resumable_and_the_reactor_comes_back(lab):
+def test_a_worker_killed_mid_campaign_leaves_it_resumable_and_the_reactor_comes_back(ui_lab):
     """SIGKILL of the worker and its flow run (a machine that dies): nothing runs the hooks.
 
     What Prefect 3.8.8 reports: the killed run stays RUNNING (nothing marks it crashed), and its
@@ -253,30 +253,30 @@ def test_a_worker_killed_mid_campaign_leaves_it_resumable_and_the_reactor_comes_
     campaign started again from the UI waits for the reactor, says so, and resumes: no recorded
     experiment lost, none duplicated, the one in flight recorded as crashed.
     """
-    root = lab.data / "killed"
-    run = lab.trigger("optimize", {"campaign": "killed", "budget": 8, "initial": 4, "platform": REACTOR,
+    root = ui_lab.data / "killed"
+    run = ui_lab.trigger("optimize", {"campaign": "killed", "budget": 8, "initial": 4, "platform": REACTOR,
                                    "data_root": str(root), "explain": False}).json()
     folder = root / "experiments" / "campaign=killed"
     deadline = time.monotonic() + 120
     while len(list(folder.glob("*.parquet"))) < 2:
-        assert lab.state(run["id"])["type"] not in FINAL, lab.logs(run["id"])[-3000:]
+        assert ui_lab.state(run["id"])["type"] not in FINAL, ui_lab.logs(run["id"])[-3000:]
         assert time.monotonic() < deadline, "the campaign did not record two experiments in time"
         time.sleep(0.1)
-    worker = local.running(f"worker-{REACTOR}", lab.home)
+    worker = local.running(f"worker-{REACTOR}", ui_lab.home)
     victims = [worker, *_descendants(worker)]
     assert len(victims) >= 2  # the worker and the flow run's process (a session of its own)
     for sig in (signal.SIGSTOP, signal.SIGKILL):  # freeze all first, so none can report anything
         for pid in victims:
             os.kill(pid, sig)
     before = pd.read_parquet(root / "experiments")
-    assert lab.reactor_slots() == 1  # still held by the dead run's lease
-    assert lab.state(run["id"])["type"] == "RUNNING"
+    assert ui_lab.reactor_slots() == 1  # still held by the dead run's lease
+    assert ui_lab.state(run["id"])["type"] == "RUNNING"
 
-    lab.start_worker()
-    again = lab.trigger("optimize", {"campaign": "killed", "budget": 8, "initial": 4, "platform": REACTOR,
+    ui_lab.start_worker()
+    again = ui_lab.trigger("optimize", {"campaign": "killed", "budget": 8, "initial": 4, "platform": REACTOR,
                                      "data_root": str(root), "explain": False}).json()
-    state = lab.wait(again["id"], timeout_s=150)
-    logs = lab.logs(again["id"])
+    state = ui_lab.wait(again["id"], timeout_s=150)
+    logs = ui_lab.logs(again["id"])
     assert state["type"] == "COMPLETED", logs[-3000:]
     assert f"reactor {REACTOR} is busy with another run; waiting" in logs
     assert f"reactor {REACTOR} acquired after" in logs
@@ -287,8 +287,8 @@ def test_a_worker_killed_mid_campaign_leaves_it_resumable_and_the_reactor_comes_
     assert (rows["status"] == "crashed").sum() <= 1 and set(rows["status"]) <= {"completed", "crashed"}
     study = optuna.load_study(study_name="killed", storage=storage_url(str(root)))
     assert len(study.trials) == 8
-    assert lab.reactor_slots() == 0
-    assert lab.state(run["id"])["type"] == "RUNNING"  # Prefect never learns that the first run died
+    assert ui_lab.reactor_slots() == 0
+    assert ui_lab.state(run["id"])["type"] == "RUNNING"  # Prefect never learns that the first run died
 
 
 def test_without_a_server_the_lock_is_a_file_lock_the_os_frees_when_its_holder_dies(tmp_path, caplog):
@@ -330,11 +330,11 @@ def test_without_a_server_the_lock_is_a_file_lock_the_os_frees_when_its_holder_d
         holder.wait(10)
 
 
-def test_a_campaign_runs_its_experiments_on_a_reactor_through_its_deployment(lab):
+def test_a_campaign_runs_its_experiments_on_a_reactor_through_its_deployment(ui_lab):
     """The campaign process keeps the study; each experiment is a run of the reactor's
     run-experiment deployment, executed by the reactor's worker, and lands in the shared dataset.
     Run in a subprocess so its Prefect client talks only to this server."""
-    root = lab.data / "remote"
+    root = ui_lab.data / "remote"
     script = (
         "from flows.campaign import CampaignPlan, run_campaign\n"
         "from flows.experiment import PLAIN_STEPS\n"
@@ -346,7 +346,7 @@ def test_a_campaign_runs_its_experiments_on_a_reactor_through_its_deployment(lab
         "state = run_campaign(reactors, plan, PLAIN_STEPS)\n"
         "print('values', state.values)\n"
     )
-    env = {**os.environ, "PREFECT_API_URL": lab.api, "PREFECT_HOME": str(lab.home)}
+    env = {**os.environ, "PREFECT_API_URL": ui_lab.api, "PREFECT_HOME": str(ui_lab.home)}
     done = subprocess.run([sys.executable, "-c", script], cwd=REPO, env=env, capture_output=True, text=True,
                           timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -354,5 +354,5 @@ def test_a_campaign_runs_its_experiments_on_a_reactor_through_its_deployment(lab
     rows = pd.read_parquet(root / "experiments")
     assert sorted(rows["experiment_id"]) == ["remote-t0000", "remote-t0001", "remote-t0002"]
     assert set(rows["status"]) == {"completed"}
-    runs = [lab.http.get(f"/flow_runs/{run_id}").json() for run_id in rows["flow_run_id"]]
-    assert all(r["deployment_id"] == lab.deployment("run-experiment")["id"] for r in runs)  # the worker ran them
+    runs = [ui_lab.http.get(f"/flow_runs/{run_id}").json() for run_id in rows["flow_run_id"]]
+    assert all(r["deployment_id"] == ui_lab.deployment("run-experiment")["id"] for r in runs)  # the worker ran them

@@ -48,7 +48,7 @@ def shots(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def runs(lab) -> dict:
+def runs(ui_lab) -> dict:
     """Every flow that makes plots, started at once: through their deployments on the reactor (a
     12-experiment optimization, a residence-time study and a 1 h lot, which take the reactor in
     turn), and a target campaign on the CsPbBr3 reactor from a Python process."""
@@ -57,12 +57,12 @@ def runs(lab) -> dict:
 
     from prefect_lab import REPO
 
-    root = lab.data / "browser"
+    root = ui_lab.data / "browser"
     script = ("from flows.campaign import seek_target\n"
               f"seek_target(campaign='green', platform='virtual-cspbbr3-oaoam', target_peak_nm=516.0, budget=6, "
               f"initial=4, data_root={str(root)!r})\n")
     target = subprocess.Popen([sys.executable, "-c", script], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                              env={**os.environ, "PREFECT_API_URL": lab.api, "PREFECT_HOME": str(lab.home)})
+                              env={**os.environ, "PREFECT_API_URL": ui_lab.api, "PREFECT_HOME": str(ui_lab.home)})
     started = {}
     for flow, parameters in (
             ("optimize", {"campaign": "browser", "budget": 12, "seed": 0}),
@@ -70,12 +70,12 @@ def runs(lab) -> dict:
             ("manufacture", {"lot": "browser-lot", "recipe": {"temperature_c": 145.0}, "duration_h": 1.0,
                              "qualification_min": 20.0, "qualification_points": 10, "qc_every_min": 5.0,
                              "on_alarm": "continue", "auto_refill": True})):
-        reply = lab.trigger(flow, {**parameters, "platform": REACTOR, "data_root": str(root)})
+        reply = ui_lab.trigger(flow, {**parameters, "platform": REACTOR, "data_root": str(root)})
         assert reply.status_code == 201, reply.text
         started[flow] = reply.json()
     for flow, run in started.items():
-        state = lab.wait(run["id"], timeout_s=400)
-        assert state["type"] == "COMPLETED", (flow, lab.logs(run["id"])[-3000:])
+        state = ui_lab.wait(run["id"], timeout_s=400)
+        assert state["type"] == "COMPLETED", (flow, ui_lab.logs(run["id"])[-3000:])
     output = target.communicate(timeout=300)[0].decode()
     assert target.returncode == 0, output[-3000:]
     return {**started, "root": root}
@@ -86,8 +86,8 @@ def campaign_run(runs) -> dict:
     return {**runs["optimize"], "root": runs["root"]}
 
 
-def ui(lab) -> str:
-    return lab.api.removesuffix("/api")
+def ui(ui_lab) -> str:
+    return ui_lab.api.removesuffix("/api")
 
 
 def open_page(browser, url: str, shot: Path, height: int = 1000, images: int = 0):
@@ -104,27 +104,27 @@ def open_page(browser, url: str, shot: Path, height: int = 1000, images: int = 0
     return page
 
 
-def artifacts_of(lab, run_id: str | None = None) -> list[dict]:
+def artifacts_of(ui_lab, run_id: str | None = None) -> list[dict]:
     """Every artifact of the server (or of one flow run), newest first, page by page."""
     query = {"artifacts": {"flow_run_id": {"any_": [run_id]}}} if run_id else {}
     found: list[dict] = []
-    while page := lab.http.post("/artifacts/filter", json={**query, "sort": "CREATED_DESC", "limit": 200,
+    while page := ui_lab.http.post("/artifacts/filter", json={**query, "sort": "CREATED_DESC", "limit": 200,
                                                             "offset": len(found)}).json():
         found += page
     return found
 
 
-def test_no_artifact_points_at_a_file_on_the_workers_disk(lab, runs, campaign_run):
+def test_no_artifact_points_at_a_file_on_the_workers_disk(ui_lab, runs, campaign_run):
     """A browser never loads file: images into an http page: every picture travels in the artifact."""
-    for artifact in artifacts_of(lab):
+    for artifact in artifacts_of(ui_lab):
         text = str(artifact["data"])
         assert not (artifact["type"] == "image" and not text.startswith(("http://", "https://", "data:"))), artifact
         assert "](file:" not in text and "src=\"file:" not in text, artifact["key"]
 
 
-def test_every_image_of_every_artifact_loads_in_the_browser(lab, runs, campaign_run, browser,
+def test_every_image_of_every_artifact_loads_in_the_browser(ui_lab, runs, campaign_run, browser,
                                                              shots):
-    latest = lab.http.post("/artifacts/latest/filter", json={"limit": 200}).json()  # one per key
+    latest = ui_lab.http.post("/artifacts/latest/filter", json={"limit": 200}).json()  # one per key
     artifacts = [{**a, "id": a["latest_id"]} for a in latest if a["type"] in ("markdown", "image")]
     keys = {a["key"] for a in artifacts}
     assert {"browser-summary", "browser-best-so-far", "browser-best-spectra", "browser-shap",
@@ -133,7 +133,7 @@ def test_every_image_of_every_artifact_loads_in_the_browser(lab, runs, campaign_
             "green-summary", "green-pareto", "green-pareto-front", "green-best-spectra"} <= keys, keys
     for artifact in artifacts:
         embedded = str(artifact["data"]).count("data:image/png;base64,")
-        page = open_page(browser, f"{ui(lab)}/artifacts/artifact/{artifact['id']}", shots / f"{artifact['key']}.png",
+        page = open_page(browser, f"{ui(ui_lab)}/artifacts/artifact/{artifact['id']}", shots / f"{artifact['key']}.png",
                          height=4000, images=embedded)
         widths = page.evaluate(IMAGE_WIDTHS)
         page.close()
@@ -141,9 +141,9 @@ def test_every_image_of_every_artifact_loads_in_the_browser(lab, runs, campaign_
         assert all(width > 0 for _, width in widths), (artifact["key"], widths)
 
 
-def test_the_summary_shows_its_plots_and_a_caveat_for_a_small_campaign(lab, campaign_run, browser, shots):
-    summary = next(a for a in artifacts_of(lab, campaign_run["id"]) if a["key"] == "browser-summary")
-    page = open_page(browser, f"{ui(lab)}/artifacts/artifact/{summary['id']}", shots / "summary-full.png", 5000,
+def test_the_summary_shows_its_plots_and_a_caveat_for_a_small_campaign(ui_lab, campaign_run, browser, shots):
+    summary = next(a for a in artifacts_of(ui_lab, campaign_run["id"]) if a["key"] == "browser-summary")
+    page = open_page(browser, f"{ui(ui_lab)}/artifacts/artifact/{summary['id']}", shots / "summary-full.png", 5000,
                      images=5)
     text = page.inner_text("main") if page.query_selector("main") else page.inner_text("body")
     widths = page.evaluate(IMAGE_WIDTHS)
@@ -155,9 +155,9 @@ def test_the_summary_shows_its_plots_and_a_caveat_for_a_small_campaign(lab, camp
     assert "not to be trusted yet: only 12 experiments for 7 inputs" in text  # 12 < 21: said in words
 
 
-def test_the_shap_table_shows_the_sign_of_each_effect(lab, campaign_run, browser, shots):
-    shap = next(a for a in artifacts_of(lab, campaign_run["id"]) if a["key"] == "browser-shap")
-    page = open_page(browser, f"{ui(lab)}/artifacts/artifact/{shap['id']}", shots / "shap-table.png", 3000)
+def test_the_shap_table_shows_the_sign_of_each_effect(ui_lab, campaign_run, browser, shots):
+    shap = next(a for a in artifacts_of(ui_lab, campaign_run["id"]) if a["key"] == "browser-shap")
+    page = open_page(browser, f"{ui(ui_lab)}/artifacts/artifact/{shap['id']}", shots / "shap-table.png", 3000)
     cells = page.eval_on_selector_all("table tr", "rows => rows.map(r => Array.from(r.cells).map(c => c.innerText))")
     page.close()
     ranking = pd.read_csv(campaign_run["root"] / "campaigns" / "browser" / "shap_ranking.csv")
@@ -168,8 +168,8 @@ def test_the_shap_table_shows_the_sign_of_each_effect(lab, campaign_run, browser
     assert any(e.startswith("+") for e in effects) and any(e.startswith("-") for e in effects), effects
 
 
-def test_the_runs_page_lists_its_artifacts(lab, campaign_run, browser, shots):
-    page = open_page(browser, f"{ui(lab)}/runs/flow-run/{campaign_run['id']}", shots / "run.png")
+def test_the_runs_page_lists_its_artifacts(ui_lab, campaign_run, browser, shots):
+    page = open_page(browser, f"{ui(ui_lab)}/runs/flow-run/{campaign_run['id']}", shots / "run.png")
     page.locator("[role=tablist] li", has_text="Artifacts").click()
     page.wait_for_timeout(1500)
     page.wait_for_function(IMAGES_LOADED, timeout=20_000)
@@ -180,10 +180,10 @@ def test_the_runs_page_lists_its_artifacts(lab, campaign_run, browser, shots):
         assert key in text, text[:2000]
 
 
-def test_the_run_form_shows_ranges_and_no_type_noise(lab, browser, shots):
+def test_the_run_form_shows_ranges_and_no_type_noise(ui_lab, browser, shots):
     for flow in ("optimize", "run-experiment"):
-        deployment = lab.deployment(flow)
-        page = open_page(browser, f"{ui(lab)}/deployments/deployment/{deployment['id']}/run",
+        deployment = ui_lab.deployment(flow)
+        page = open_page(browser, f"{ui(ui_lab)}/deployments/deployment/{deployment['id']}/run",
                          shots / f"form-{flow}.png", 3500)
         text = page.inner_text("body")
         page.close()
