@@ -30,12 +30,28 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+class RetryWhenBusy(httpx.HTTPTransport):
+    """Send a request again when the server answers 503: its SQLite database was locked by a
+    worker writing at the same moment. Prefect's own client (and so its UI's server calls through
+    it) retries 429, 502 and 503 the same way, with backoff."""
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        for attempt in range(6):
+            response = super().handle_request(request)
+            if response.status_code != 503:
+                return response
+            response.read()
+            response.close()
+            time.sleep(0.5 * 2**attempt)
+        return response
+
+
 class Lab:
     """The server's REST API, as the UI calls it."""
 
     def __init__(self, api: str, home: Path, data: Path, processes: list[subprocess.Popen]):
         self.api, self.home, self.data, self.processes = api, home, data, processes
-        self.http = httpx.Client(base_url=api, timeout=30)
+        self.http = httpx.Client(base_url=api, timeout=30, transport=RetryWhenBusy())
 
     def start_worker(self) -> None:
         self.processes.append(local.start_worker(self.home, self.api, REACTOR, PREFECT_WORKER_QUERY_SECONDS="1"))

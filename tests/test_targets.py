@@ -224,7 +224,11 @@ def test_seek_target_reaches_the_peak_and_publishes_the_pareto_front(tmp_path):
     with get_client(sync_client=True) as client:
         keys = {a.key for a in client.read_artifacts(
             artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["blue-pareto", "blue-summary", "blue-pareto-front"])))}
+        shown = {a.key: a.data for a in client.read_artifacts(
+            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["blue-pareto-front", "blue-best-spectra"])))}
     assert keys == {"blue-pareto", "blue-summary", "blue-pareto-front"}
+    for key, markdown in shown.items():  # the plot travels in the artifact: any browser shows it
+        assert "](data:image/png;base64," in markdown and "](file:" not in markdown, key
     assert (tmp_path / "data" / "campaigns" / "blue" / "pareto_front.png").exists()
 
 
