@@ -82,7 +82,7 @@ def open_page(browser, url: str, shot: Path, height: int = 1000, images: int = 0
     """Open `url`, wait until its `images` are there and complete, take a screenshot (the whole
     page when $SDFL_SCREENSHOTS asks for them); returns the page."""
     page = browser.new_page(viewport={"width": 1400, "height": height if os.environ.get("SDFL_SCREENSHOTS") else 1000})
-    page.goto(url, wait_until="networkidle")
+    page.goto(url, wait_until="load" if images else "networkidle")  # the UI polls: idle takes seconds
     if images:
         page.wait_for_function(f"() => document.images.length >= {images}", timeout=20_000)
     else:
