@@ -74,7 +74,6 @@ def plot_control_charts(samples: pd.DataFrame, limits: pd.DataFrame, features: l
                         settings: spc.SpcSettings = spc.SpcSettings()) -> Path:
     """One panel per feature: QC values against time, the centre, 2 and 3 sigma limits, the EWMA
     with its limits, and the samples that raised alarms (red)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
     fig, axes = plt.subplots(len(features), 1, figsize=(9, 2.6 * len(features)), sharex=True, squeeze=False)
     lam, L = settings.ewma_lambda, settings.ewma_L
     for ax, feature in zip(axes[:, 0], features):

@@ -16,6 +16,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
+import numpy as np
 import pandas as pd
 
 
@@ -82,7 +83,6 @@ def plot_transients(series: pd.DataFrame, switches: list[dict], features: list[s
     `switches` holds {t_s, tau_s, label, settle_s} per step; a dashed line marks 1.2 tau after
     each switch and a dotted one the measured settling time.
     """
-    path.parent.mkdir(parents=True, exist_ok=True)
     fig, axes = plt.subplots(len(features), 1, figsize=(8, 2.4 * len(features)), sharex=True)
     axes = [axes] if len(features) == 1 else axes
     for ax, feature in zip(axes, features):
@@ -105,8 +105,6 @@ def plot_transients(series: pd.DataFrame, switches: list[dict], features: list[s
 def plot_spectra(spectra: pd.DataFrame, row: dict, path: Path, title: str) -> Path:
     """The PL (counts per second) and absorbance spectra of one experiment, every replicate, with
     the features read from them marked: PL peak and FWHM, and Abs_300."""
-    import numpy as np
-
     fig, (pl, ab) = plt.subplots(1, 2, figsize=(10, 3.6))
     for kind, ax in (("pl_cps", pl), ("absorbance", ab)):
         for spectrum in spectra[spectra["kind"] == kind].itertuples():
