@@ -34,8 +34,11 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/sdfl demo
 
+# Two test processes; each module runs whole in one of them (module fixtures are set up once), and the
+# tests on the shared Prefect server form one group that starts first. TEST_WORKERS=0 runs them in one.
+TEST_WORKERS ?= 2
 test: $(STAMP) browser
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest $(if $(filter-out 0,$(TEST_WORKERS)),-n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder)
 
 # The browser test of the Prefect UI needs Chromium: Debian's package, installed when missing and
 # this runs as root with apt-get; elsewhere the test says why it was skipped.

@@ -45,11 +45,41 @@ def fresh_rigs():
     rig_module._RIGS.clear()
 
 
+UI_LAB_MODULES = ("tests/test_deployments.py", "tests/test_ui_browser.py")
+"""The modules with tests on the shared Prefect server (`ui_lab`)."""
+
+
+def _on_ui_lab(item) -> bool:
+    return "ui_lab" in getattr(item, "fixturenames", ())
+
+
 @pytest.hookimpl(trylast=True)  # after pytest's own grouping by fixture
 def pytest_collection_modifyitems(config, items):
-    """The tests on the shared Prefect server (`ui_lab`) run last, so its server and worker, which
-    poll all the time, are up only while they run: they would slow every other test."""
-    items.sort(key=lambda item: "ui_lab" in getattr(item, "fixturenames", ()))
+    """In one process the tests on the shared Prefect server run last, so its server and workers,
+    which poll all the time, are up only while they run. In `make test`'s two processes they
+    start first: the longest unit of work then runs beside all the others."""
+    strays = sorted({item.nodeid.split("::")[0] for item in items if _on_ui_lab(item)} - set(UI_LAB_MODULES))
+    if strays:
+        raise pytest.UsageError(f"tests on the shared Prefect server in {strays}: add the module to UI_LAB_MODULES")
+    in_two = hasattr(config, "workerinput")
+    items.sort(key=lambda item: _on_ui_lab(item) != in_two)
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config, log):
+    """`--dist loadfile` for `make test`: each module runs whole in one process (its module fixtures
+    are set up once), and the modules on the shared Prefect server form one unit, so one process
+    starts that server."""
+    if config.getvalue("dist") != "loadfile":
+        return None
+    from xdist.scheduler import LoadFileScheduling
+
+    class ModulesAndSharedServer(LoadFileScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            module = nodeid.split("::", 1)[0]
+            return "ui_lab" if module in UI_LAB_MODULES else module
+
+    return ModulesAndSharedServer(config, log)
 
 
 @pytest.fixture(scope="session")
