@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 from optuna.trial import TrialState
+from pyarrow import ArrowException
 
 from flows.campaign_plan import (  # noqa: F401 - the campaign API, importable from here
     CampaignPlan,
@@ -105,6 +106,7 @@ def run_campaign(rig: Rig | list[Rig], plan: CampaignPlan, steps: Steps, on_prog
     storage.check_data_root(plan.data_root, plan.campaign)
     state = CampaignState(plan, objective, prior, platform=platform)
     state.set_aside = storage.set_aside_damaged(plan.data_root, plan.campaign)
+    _compact(plan, log, storage.compact_if_due)  # finishes a compaction a crash interrupted
     url = ledger.storage_url(plan.data_root, plan.storage)
     prior_unit = (to_unit(platform, prior[0]), prior[1]) if prior is not None else None
     policy = choices.resolve_policy(plan.policy, family_of(plan))
@@ -152,12 +154,23 @@ def run_campaign(rig: Rig | list[Rig], plan: CampaignPlan, steps: Steps, on_prog
             r.safe_state()
     if loop.fatal is not None:
         raise _resumable(loop.fatal, plan, len(ledger.finished(study)))
+    _compact(plan, log, storage.compact_campaign)
     finished = sorted(ledger.finished(study), key=lambda t: t.number)
     if plan.target is not None:
         state.values = [tuple(t.values) if t.state == TrialState.COMPLETE else (math.nan,) * 3 for t in finished]
     else:
         state.values = [t.value if t.state == TrialState.COMPLETE else math.nan for t in finished]
     return state
+
+
+def _compact(plan: CampaignPlan, log, how) -> None:
+    """Compact the campaign's files (`storage.compact_if_due` or `compact_campaign`). A compaction
+    that fails loses nothing (the loose files stay) and never stops a campaign: it is logged."""
+    try:
+        how(plan.data_root, plan.campaign)
+    except (OSError, ArrowException, SdflInputError) as exc:
+        log.warning("campaign %s: its files could not be compacted (%s); they stay as they are, and the next "
+                    "run or `sdfl compact` tries again", plan.campaign, exc)
 
 
 def _resumable(exc: BaseException, plan: CampaignPlan, done: int) -> BaseException:
@@ -266,6 +279,7 @@ class _Loop:
                 self.running -= 1
                 if self.on_progress is not None:
                     self.on_progress(len(ledger.finished(self.study)), self.plan.budget, self.study)
+            _compact(self.plan, self.log, lambda root, campaign: storage.compact_if_due(root, campaign, finish=False))
 
     def _refilled(self, rig: Rig, need: RefillNeeded) -> bool:
         """Ask for a refill; True when the syringes were refilled and the reactor can go on."""

@@ -12,8 +12,6 @@ import logging
 from typing import Any
 
 import pandas as pd
-import pyarrow as pa
-import pyarrow.parquet as pq
 from prefect import get_run_logger
 
 from flows.reactor import reactor_lock
@@ -23,6 +21,7 @@ from hardware.platform import PlatformConfig, load_platform
 from hardware.rig import Rig, open_rig
 from tasks import acquisition, equilibration, features, formulation, reports, storage
 from tasks.choices import StartFrom
+from tasks.dataset import write_frame
 from tasks.records import new_experiment_id
 from tasks.transients import settling_time
 
@@ -172,9 +171,8 @@ def residence_time_study(settings: ResidenceTimeSettings) -> dict[str, Any]:
     summary = summarize_steps(settling, config.equilibration.tau_multiple)
     study_id = new_experiment_id().replace("exp-", "rts-")
     folder = storage.data_root(data_root) / "studies" / "residence-time" / study_id
-    folder.mkdir(parents=True, exist_ok=True)
-    pq.write_table(pa.Table.from_pandas(series, preserve_index=False), folder / "series.parquet")
-    pq.write_table(pa.Table.from_pandas(settling, preserve_index=False), folder / "settling.parquet")
+    write_frame(series, folder / "series.parquet")
+    write_frame(settling, folder / "settling.parquet")
     plot = reports.plot_transients(series, steps, STUDY_FEATURES, folder / "transients.png")
     reports.publish_table("residence-time-settling", summary, "settling time per step, in multiples of tau")
     reports.publish_table("residence-time-features", settling, "fit per step and feature (tanks-in-series)")

@@ -323,15 +323,10 @@ def cmd_manufacture(args) -> int:
 
 
 def cmd_data(args) -> int:
-    from hardware.errors import did_you_mean
-    from tasks.storage import data_root, read_experiments
+    from tasks.storage import campaigns, data_root, read_experiments
 
     if args.campaign is not None:
-        known = sorted(p.name.split("=", 1)[1] for p in (data_root(args.data_root) / "experiments").glob("campaign=*"))
-        if args.campaign not in known:
-            raise SdflInputError(f"--campaign {args.campaign!r}: no such campaign under {data_root(args.data_root)}"
-                                 f"{did_you_mean(args.campaign, known)}; the campaigns there: "
-                                 f"{', '.join(known) or '(none yet)'}")
+        _known_campaign(args.campaign, campaigns(data_root(args.data_root)), data_root(args.data_root))
     frame = read_experiments(args.data_root, args.campaign)
     print(f"data root: {data_root(args.data_root)}  ({len(frame)} experiments)")
     columns = ["campaign", "experiment_id", "status", *recorded_parameters(frame), *FEATURE_SUMMARY, "failure_reason"]
@@ -341,6 +336,42 @@ def cmd_data(args) -> int:
         print(f"\n{len(skipped)} file(s) could not be read and are not shown; running the campaign again sets "
               f"them aside under {data_root(args.data_root) / 'quarantine'}")
     return 0
+
+
+def cmd_compact(args) -> int:
+    from tasks.storage import campaigns, compact_campaign, data_root
+
+    root = data_root(args.data_root)
+    names = campaigns(root)
+    if args.campaign is not None:
+        _known_campaign(args.campaign, names, root)
+        names = [args.campaign]
+    print(f"data root: {root}  ({len(names)} campaign(s))")
+    for name in names:
+        before = _size(root, name)
+        done = compact_campaign(root, name)
+        folded = {table: d.loose_folded for table, d in done.items()}
+        merged = sum(d.parts_merged for d in done.values())
+        skipped = [p for d in done.values() for p, _ in d.skipped]
+        print(f"{name}: {folded.get('experiments', 0)} experiment and {folded.get('spectra', 0)} spectra file(s) "
+              f"folded into parts{f', {merged} small parts merged' if merged else ''}; "
+              f"{before / 2**20:.1f} MB -> {_size(root, name) / 2**20:.1f} MB")
+        for path in skipped:
+            print(f"  left in place (cannot be read): {path}")
+    return 0
+
+
+def _size(root: Path, campaign: str) -> int:
+    return sum(p.stat().st_size for table in ("experiments", "spectra")
+               for p in (root / table / f"campaign={campaign}").glob("*.parquet"))
+
+
+def _known_campaign(campaign: str, known: list[str], root: Path) -> None:
+    from hardware.errors import did_you_mean
+
+    if campaign not in known:
+        raise SdflInputError(f"--campaign {campaign!r}: no such campaign under {root}{did_you_mean(campaign, known)}; "
+                             f"the campaigns there: {', '.join(known) or '(none yet)'}")
 
 
 def cmd_demo(args) -> int:
@@ -430,6 +461,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--campaign", default=None, help="one campaign (none: all)")
     p.add_argument("--data-root", default=None, help="dataset root (none: $SDFL_DATA_ROOT or ./data)")
     p.add_argument("--all", action="store_true", help="every column")
+
+    p = command("compact", "fold a campaign's per-experiment files into a few part files (safe at any time)",
+                cmd_compact)
+    p.add_argument("--campaign", default=None, help="one campaign (none: all)")
+    p.add_argument("--data-root", default=None, help="dataset root (none: $SDFL_DATA_ROOT or ./data)")
     return parser
 
 

@@ -233,8 +233,7 @@ def make_rig_safe_hook(flow, flow_run, state) -> None:
     campaign = params.get("campaign") or "default"
     if not experiment_id:
         return
-    path = storage.experiment_path(storage.data_root(params.get("data_root")), campaign, experiment_id)
-    if path.exists():
+    if storage.existing_record(params.get("data_root"), campaign, experiment_id) is not None:
         return
     status = "cancelled" if state.is_cancelled() else "crashed"
     settings = features.FeatureSettings.from_config(platform.features)

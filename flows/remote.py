@@ -74,12 +74,11 @@ class DeploymentReactor:
             "condition": condition, "campaign": campaign,
             "experiment_id": experiment_id, "data_root": str(root), "finish": "hold", "seed": seed,
         })
-        rows = storage.read_experiments(str(root), campaign)
-        mine = rows[rows["experiment_id"] == experiment_id] if len(rows) else rows
+        mine = storage.read_experiment(root, campaign, experiment_id)  # opens this experiment's file only
         state = run.state
-        if state is not None and state.is_completed() and len(mine):
-            return mine.iloc[0].to_dict()
-        reason = mine.iloc[0]["failure_reason"] if len(mine) else (state.message if state else "no state")
+        if state is not None and state.is_completed() and mine is not None:
+            return mine
+        reason = mine["failure_reason"] if mine is not None else (state.message if state else "no state")
         if "InfeasibleCondition" in str(reason) or "InvalidCondition" in str(reason):
             raise SdflInputError(f"{self.deployment}: {reason}")
         raise RemoteExperimentFailed(self.deployment, (

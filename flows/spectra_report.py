@@ -1,7 +1,7 @@
 """The spectra of one experiment as a plot in the Prefect UI: what a scientist looks at first.
 
-Each experiment's spectra live in their own file, so a plot opens that one file (never the
-campaign's whole dataset). A campaign shows its latest experiment as it goes (refreshed at most
+A plot opens only the files that hold that experiment (its own file, or the part a compaction
+put it in), never the campaign's whole dataset. A campaign shows its latest experiment as it goes (refreshed at most
 every LATEST_EVERY_S seconds of wall time, so a virtual campaign of quick experiments does not
 spend its time drawing) and its best one at the end.
 """
@@ -11,8 +11,6 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-import pyarrow.parquet as pq
-
 from tasks import reports, storage
 
 LATEST_EVERY_S = 15.0
@@ -21,14 +19,12 @@ LATEST_EVERY_S = 15.0
 
 def spectra_plot(root, campaign: str, experiment_id: str, title: str, path: Path) -> Path | None:
     """Draw the experiment's PL and absorbance spectra into `path`; None when it has none on disk."""
-    base = storage.data_root(root)
-    files = [storage.experiment_path(base, campaign, experiment_id, table) for table in ("spectra", "experiments")]
-    if not all(f.exists() for f in files):
+    row = storage.read_experiment(root, campaign, experiment_id)
+    if row is None:
         return None
-    spectra = pq.read_table(files[0]).to_pandas()
-    if not spectra["kind"].isin(["pl_cps", "absorbance"]).any():
+    spectra = storage.read_spectra(root, campaign, experiment_id)
+    if spectra.empty or not spectra["kind"].isin(["pl_cps", "absorbance"]).any():
         return None
-    row = pq.read_table(files[1]).to_pylist()[0]
     return reports.plot_spectra(spectra, row, path, title)
 
 

@@ -27,7 +27,7 @@ from optuna.trial import FrozenTrial, TrialState
 from hardware.errors import LedgerUnusable, SdflInputError
 from hardware.platform import PlatformConfig
 from hardware.units import with_unit
-from tasks.storage import data_root, read_experiments
+from tasks.storage import data_root, experiment_ids, read_experiment, read_experiments
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -369,12 +369,10 @@ def reconcile(study: optuna.Study, campaign: str, root, objective_fn, in_flight:
     """
     if in_flight not in ("fail", "rerun"):
         raise SdflInputError(f"in_flight must be 'fail' or 'rerun', got {in_flight!r}")
-    rows = read_experiments(root, campaign)
-    by_id = {r["experiment_id"]: r for r in rows.to_dict(orient="records")} if not rows.empty else {}
     out = Reconciled([], [], [])
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         experiment_id = trial.user_attrs.get("experiment_id") or experiment_id_for(campaign, trial.number)
-        row = by_id.get(experiment_id)
+        row = read_experiment(root, campaign, experiment_id)  # opens that experiment's file only
         # A still-running trial can be reopened by id to annotate it before it is told.
         handle = optuna.trial.Trial(study, trial._trial_id)
         if row is not None and row["status"] == "completed":
@@ -393,8 +391,9 @@ def reconcile(study: optuna.Study, campaign: str, root, objective_fn, in_flight:
         if in_flight == "rerun" and trial.params and (row is None or row["status"] != "completed"):
             study.enqueue_trial(dict(trial.params), user_attrs={"rerun_of": trial.number})
             out.rerun.append(trial.number)
+    recorded = experiment_ids(root, campaign)  # names of files, no rows read
     out.missing = [t.number for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-                   if t.user_attrs.get("experiment_id", experiment_id_for(campaign, t.number)) not in by_id]
+                   if t.user_attrs.get("experiment_id", experiment_id_for(campaign, t.number)) not in recorded]
     return out
 
 

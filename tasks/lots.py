@@ -5,17 +5,17 @@
     samples/<sample_id>.parquet one row per QC sample: time, phase, features, alarms, syringe levels
     events/<event_id>.parquet   one row per event: alarms, decisions, refills, faults, start/stop
     spectra/<sample_id>.parquet the sample's PL (cps) and absorbance replicates (optional)
+    grids/<grid>.parquet        the wavelengths of those spectra, once per spectrometer
 
-Ids are deterministic (`<lot>-s0001`, `<lot>-e0001`) and every file is written atomically, so a
-retried write replaces its own file and never adds a row. `pd.read_parquet(".../samples")`
-reads a lot's samples in one call.
+Ids are deterministic (`<lot>-s0001`, `<lot>-e0001`) and every file is written atomically by the
+data root's one writer (tasks/dataset.py), so a retried write replaces its own file and never adds
+a row. `pd.read_parquet(".../samples")` reads a lot's samples in one call.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -24,8 +24,9 @@ from prefect.cache_policies import NO_CACHE
 
 from hardware.errors import SdflInputError
 from hardware.platform import PlatformConfig
-from tasks import storage
-from tasks.storage import _write_atomic  # the same atomic rename the experiment dataset uses
+from tasks import dataset, storage
+from tasks.dataset import rows_table, write_file, write_loose
+from tasks.spectra_table import build_spectra_table, write_grids
 
 LOT_STATUS = ("running", "completed", "stopped", "failed", "cancelled", "crashed")
 
@@ -132,68 +133,42 @@ def lot_schema(platform: PlatformConfig) -> pa.Schema:
                       *[pa.field(f"q_{p.name}_ul_min", pa.float64()) for p in platform.pumps]])
 
 
-def _table(rows: list[dict], schema: pa.Schema, what: str) -> pa.Table:
-    """Rows as a table in `schema`: unknown keys or wrong types are an error, missing ones null."""
-    for row in rows:
-        unknown = sorted(set(row) - set(schema.names))
-        if unknown:
-            raise SdflInputError(f"{what} record has columns not in the schema: {unknown}")
-    columns = []
-    for field in schema:
-        values = [row.get(field.name) for row in rows]
-        values = [v.item() if isinstance(v, np.generic) else v for v in values]
-        if not field.nullable and any(v is None for v in values):
-            raise SdflInputError(f"{what} record is missing {field.name!r}")
-        try:
-            columns.append(pa.array(values, type=field.type))
-        except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, ValueError) as exc:
-            raise SdflInputError(f"{what} column {field.name!r}: {values!r} is not {field.type}") from exc
-    return pa.Table.from_arrays(columns, schema=schema)
-
-
 def write_sample(root, lot: str, row: dict, schema: pa.Schema, spectra: list[dict] | None = None) -> Path:
     """One QC sample (and, when given, its spectra: written first)."""
     folder = lot_folder(root, lot)
-    path = folder / "samples" / f"{storage.check_name('sample id', row['sample_id'])}.parquet"
-    table = _table([row], schema, "sample")
+    sample = storage.check_name("sample id", row["sample_id"])
+    table = rows_table([row], schema, "sample")
     if spectra:
-        spectra_table = storage.build_spectra_table([{**s, "experiment_id": row["sample_id"]} for s in spectra])
-        _write_atomic(spectra_table, folder / "spectra" / path.name)
-    _write_atomic(table, path)
-    return path
+        spectra_table, grids = build_spectra_table([{**s, "experiment_id": sample} for s in spectra])
+        write_grids(grids, folder / "grids")
+        write_loose(spectra_table, folder / "spectra", sample)
+    return write_loose(table, folder / "samples", sample)
 
 
 def write_event(root, lot: str, row: dict) -> Path:
-    path = lot_folder(root, lot) / "events" / f"{storage.check_name('event id', row['event_id'])}.parquet"
-    _write_atomic(_table([row], EVENT_SCHEMA, "event"), path)
-    return path
+    event = storage.check_name("event id", row["event_id"])
+    return write_loose(rows_table([row], EVENT_SCHEMA, "event"), lot_folder(root, lot) / "events", event)
 
 
 def write_lot(root, lot: str, row: dict, schema: pa.Schema) -> Path:
     if row.get("status") not in LOT_STATUS:
         raise SdflInputError(f"lot status must be one of {LOT_STATUS}, got {row.get('status')!r}")
-    path = lot_folder(root, lot) / "lot.parquet"
-    _write_atomic(_table([row], schema, "lot"), path)
-    return path
+    return write_file(rows_table([row], schema, "lot"), lot_folder(root, lot) / "lot.parquet")
 
 
 def write_limits(root, lot: str, rows: list[dict]) -> Path:
-    path = lot_folder(root, lot) / "limits.parquet"
-    _write_atomic(_table(rows, LIMITS_SCHEMA, "limits"), path)
-    return path
+    return write_file(rows_table(rows, LIMITS_SCHEMA, "limits"), lot_folder(root, lot) / "limits.parquet")
 
 
-def _read_folder(folder: Path) -> pd.DataFrame:
-    files = sorted(p for p in folder.glob("*.parquet") if not p.name.startswith(".")) if folder.is_dir() else []
-    if not files:
-        return pd.DataFrame()
-    return pq.read_table(files, partitioning=None).to_pandas()
+def _read_folder(folder: Path, key: str) -> pd.DataFrame:
+    found = dataset.read_table(folder, key, one_row_per_key=True).table
+    return pd.DataFrame() if found is None else found.to_pandas()
 
 
 def read_lot(root, lot: str) -> dict[str, pd.DataFrame]:
     """A lot's tables: lot (one row), samples, events, limits (empty frames where nothing is written)."""
     folder = lot_folder(root, lot)
-    out = {"samples": _read_folder(folder / "samples"), "events": _read_folder(folder / "events")}
+    out = {"samples": _read_folder(folder / "samples", "sample_id"), "events": _read_folder(folder / "events", "event_id")}
     for name in ("lot", "limits"):
         path = folder / f"{name}.parquet"
         out[name] = pq.read_table(path).to_pandas() if path.exists() else pd.DataFrame()

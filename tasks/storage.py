@@ -1,20 +1,21 @@
-"""Storage: the Parquet datasets, one file per experiment, written atomically.
+"""Storage: the experiments and spectra of every campaign, as Parquet tables (tasks/dataset.py).
 
 Layout under the data root (hive-partitioned by campaign, readable by pandas, polars, duckdb):
 
     experiments/campaign=<campaign>/<experiment_id>.parquet   one row per experiment
     spectra/campaign=<campaign>/<experiment_id>.parquet       one row per spectrum
+    grids/campaign=<campaign>/<grid>.parquet                  each spectrometer's wavelengths, once
 
-Each file is written to a hidden temporary name in its folder and renamed over the final name,
-so readers never see half a file and a retried write replaces its own file instead of adding a
-row. The spectra file is written first: an experiment row is the sign that the experiment is
-complete on disk.
+(plus each folder's schema file and, once compacted, its part files). Each file is written to a
+hidden temporary name in its folder and renamed over the final name, so readers never see half a
+file and a retried write replaces its own file instead of adding a row. The spectra file is
+written first: an experiment row is the sign that the experiment is complete on disk.
 
 Before a rig moves, `check_data_root` makes sure the record can be written (a folder, writable,
 with room), and clears temporary files a killed writer left. If a write still fails after the
 experiment, `write_or_rescue` keeps the record under a rescue folder and says where. Readers skip
-a file they cannot read (naming it); `set_aside_damaged` moves such files to
-<data root>/quarantine/ so a campaign can resume around them.
+a file they cannot read (naming it); `set_aside_damaged` moves such files to the quarantine folder
+of the data root so a campaign can resume around them.
 """
 
 from __future__ import annotations
@@ -23,12 +24,10 @@ import contextlib
 import logging
 import os
 import shutil
-import socket
 import time
 import uuid
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -37,7 +36,16 @@ from prefect.cache_policies import NO_CACHE
 
 from hardware.errors import DataRootUnusable, RecordNotSaved, SdflInputError
 from hardware.platform import PlatformConfig
+from tasks import compaction, dataset
+from tasks.dataset import rows_table, tmp_name
 from tasks.names import check_name  # noqa: F401 - part of the storage API
+from tasks.spectra_table import (  # noqa: F401 - SPECTRA_SCHEMA is part of the storage API
+    SPECTRA_SCHEMA,
+    build_spectra_table,
+    to_grids,
+    with_wavelengths,
+    write_grids,
+)
 
 log = logging.getLogger(__name__)
 
@@ -85,19 +93,6 @@ RUN_FIELDS = [
 ]
 SPREAD_FEATURES = ["PL_peak_nm", "PL_I", "PL_A", "FWHM_nm", "Abs_300"]
 
-SPECTRA_SCHEMA = pa.schema([
-    pa.field("experiment_id", pa.string(), nullable=False),
-    pa.field("kind", pa.string(), nullable=False),
-    pa.field("replicate", pa.int16(), nullable=False),
-    pa.field("quantity", pa.string(), nullable=False),
-    pa.field("spectrometer", pa.string()),
-    pa.field("t_platform_s", pa.float64()),
-    pa.field("integration_ms", pa.float64()),
-    pa.field("scans", pa.int32()),
-    pa.field("wavelength_nm", pa.list_(pa.float32()), nullable=False),
-    pa.field("value", pa.list_(pa.float32()), nullable=False),
-])
-
 
 def feature_fields(feature_columns: list[str]) -> list[pa.Field]:
     fields = []
@@ -127,82 +122,21 @@ def data_root(root: str | os.PathLike | None = None) -> Path:
     return Path(root or os.environ.get("SDFL_DATA_ROOT") or DEFAULT_DATA_ROOT).expanduser().resolve()
 
 
+def table_folder(root: Path, campaign: str, table: str = "experiments") -> Path:
+    """The folder of one campaign's experiments (or spectra)."""
+    return root / table / f"campaign={check_name('campaign', campaign)}"
+
+
 def experiment_path(root: Path, campaign: str, experiment_id: str, table: str = "experiments") -> Path:
-    return root / table / f"campaign={check_name('campaign', campaign)}" / f"{check_name('experiment id', experiment_id)}.parquet"
+    """Where an experiment's own (loose) file is written."""
+    return table_folder(root, campaign, table) / f"{check_name('experiment id', experiment_id)}.parquet"
 
 
 def build_experiment_table(row: dict, schema: pa.Schema) -> pa.Table:
     """One-row table in `schema`; unknown keys or wrong types are an error, missing ones null."""
-    unknown = sorted(set(row) - set(schema.names))
-    if unknown:
-        raise SdflInputError(f"experiment record has columns not in the schema: {unknown}")
     if row.get("status") not in STATUS:
         raise SdflInputError(f"experiment status must be one of {STATUS}, got {row.get('status')!r}")
-    arrays = []
-    for field in schema:
-        value = row.get(field.name)
-        if isinstance(value, np.generic):
-            value = value.item()
-        if value is None and not field.nullable:
-            raise SdflInputError(f"experiment record is missing {field.name!r}")
-        try:
-            arrays.append(pa.array([value], type=field.type))
-        except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, ValueError) as exc:
-            raise SdflInputError(f"experiment column {field.name!r}: {value!r} is not {field.type}") from exc
-    return pa.Table.from_arrays(arrays, schema=schema)
-
-
-def build_spectra_table(spectra: list[dict]) -> pa.Table:
-    """Spectra rows (dicts with the SPECTRA_SCHEMA fields) as a table."""
-    columns: dict[str, list] = {name: [] for name in SPECTRA_SCHEMA.names}
-    for i, spectrum in enumerate(spectra):
-        missing = [n for n in SPECTRA_SCHEMA.names if n not in spectrum and not SPECTRA_SCHEMA.field(n).nullable]
-        if missing:
-            raise SdflInputError(f"spectrum {i} misses {missing}")
-        wl = np.asarray(spectrum["wavelength_nm"], dtype=np.float32)
-        value = np.asarray(spectrum["value"], dtype=np.float32)
-        if wl.shape != value.shape or wl.ndim != 1:
-            raise SdflInputError(f"spectrum {i} ({spectrum.get('kind')}): wavelength and value shapes differ")
-        for name in SPECTRA_SCHEMA.names:
-            columns[name].append(spectrum.get(name))
-        columns["wavelength_nm"][-1] = wl
-        columns["value"][-1] = value
-    arrays = []
-    for field in SPECTRA_SCHEMA:
-        if field.name in ("wavelength_nm", "value"):
-            flat = np.concatenate(columns[field.name]) if columns[field.name] else np.zeros(0, np.float32)
-            offsets = np.concatenate([[0], np.cumsum([len(a) for a in columns[field.name]])]).astype(np.int32)
-            arrays.append(pa.ListArray.from_arrays(pa.array(offsets), pa.array(flat, type=pa.float32())))
-        else:
-            arrays.append(pa.array(columns[field.name], type=field.type))
-    return pa.Table.from_arrays(arrays, schema=SPECTRA_SCHEMA)
-
-
-def _host() -> str:
-    return socket.gethostname().replace(".", "_")
-
-
-def _tmp_name(path: Path) -> Path:
-    """A hidden temporary name beside `path` that says which process writes it (host, pid)."""
-    return path.parent / f".{path.name}.{_host()}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp"
-
-
-def _write_atomic(table: pa.Table, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _tmp_name(path)
-    try:
-        pq.write_table(table, tmp, compression="zstd")
-        with open(tmp, "rb") as handle:
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+    return rows_table([row], schema, "experiment")
 
 
 def write_experiment(
@@ -220,15 +154,16 @@ def write_experiment(
     root_path = data_root(root)
     experiment_id = check_name("experiment id", row.get("experiment_id"))
     exp_table = build_experiment_table(row, schema)
-    spectra_table = build_spectra_table([{**s, "experiment_id": experiment_id} for s in spectra])
+    spectra_table, grids = build_spectra_table([{**s, "experiment_id": experiment_id} for s in spectra])
     exp_file = experiment_path(root_path, campaign, experiment_id)
     spectra_file = experiment_path(root_path, campaign, experiment_id, table="spectra")
     if spectra_table.num_rows:
-        _write_atomic(spectra_table, spectra_file)
+        write_grids(grids, table_folder(root_path, campaign, "grids"))
+        dataset.write_loose(spectra_table, spectra_file.parent, experiment_id, root_path / "spectra")
     elif spectra_file.exists():
         spectra_file.unlink()
     try:
-        _write_atomic(exp_table, exp_file)
+        dataset.write_loose(exp_table, exp_file.parent, experiment_id, root_path / "experiments")
     except BaseException:
         if not exp_file.exists():  # no half-recorded experiment left behind
             with contextlib.suppress(OSError):
@@ -265,7 +200,7 @@ def check_writable(root: Path, folder: Path) -> None:
                                "away, or choose another data root (--data-root or $SDFL_DATA_ROOT)")
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        probe = _tmp_name(folder / "write-probe")
+        probe = tmp_name(folder / "write-probe")
         with open(probe, "wb") as handle:
             handle.write(b"sdfl")
             os.fsync(handle.fileno())
@@ -284,7 +219,7 @@ def check_writable(root: Path, folder: Path) -> None:
 def remove_stale_temporaries(folder: Path) -> list[Path]:
     """Delete temporary files of writers that are gone: this host's dead processes, or other
     hosts' files older than STALE_TMP_S. Returns what was deleted."""
-    host = _host()
+    host = dataset.host()
     removed = []
     for tmp in folder.glob(".*.tmp"):
         parts = tmp.name.rsplit(".", 4)  # .<file>.<host>.<pid>.<token>.tmp
@@ -346,9 +281,11 @@ def write_or_rescue(row: dict, spectra: list[dict], schema: pa.Schema, campaign:
 
 
 def existing_record(root: str | os.PathLike | None, campaign: str, experiment_id: str) -> Path | None:
-    """The experiment file of this id if one is recorded, else None."""
+    """The file that holds the experiment of this id (its own, or a compacted part), else None."""
     path = experiment_path(data_root(root), campaign, experiment_id)
-    return path if path.exists() else None
+    if path.exists():
+        return path
+    return dataset.holder(path.parent, "experiment_id", experiment_id)
 
 
 # --- reading ------------------------------------------------------------------------------------
@@ -357,73 +294,29 @@ def existing_record(root: str | os.PathLike | None, campaign: str, experiment_id
 def _campaign_dirs(root: Path, table: str, campaign: str | None) -> list[Path]:
     base = root / table
     if campaign is not None:
-        folder = base / f"campaign={check_name('campaign', campaign)}"
+        folder = table_folder(root, campaign, table)
         return [folder] if folder.is_dir() else []
     return sorted(p for p in base.glob("campaign=*") if p.is_dir())
 
 
 def _read(root: Path, table: str, campaign: str | None, filters=None, columns=None) -> pd.DataFrame:
-    """Every record file of `table`, one campaign or all. A file that cannot be read, or that is
-    not a record of the experiment its name says, is skipped and named (in the log and in
-    `frame.attrs["skipped_files"]`), so one damaged file never hides the rest."""
+    """Every record of `table`, one campaign or all, through the one reader (tasks/dataset.py):
+    every column any file has, each experiment once. Files it cannot read, or that are not the
+    record their name says, are skipped and named (in the log and `frame.attrs["skipped_files"]`)."""
     frames, skipped = [], []
+    expression = pq.filters_to_expression(filters) if filters else None
     for folder in _campaign_dirs(root, table, campaign):
-        files = sorted(p for p in folder.glob("*.parquet") if not p.name.startswith("."))
-        if not files:
+        found = dataset.read_table(folder, "experiment_id", columns, expression,
+                                   one_row_per_key=table == "experiments")
+        skipped += found.skipped
+        if found.table is None or found.table.num_rows == 0:
             continue
-        try:
-            data = pq.read_table(files, filters=filters, columns=columns, partitioning=None).to_pandas()
-            if not _belongs(data, files, one_row_each=table == "experiments" and filters is None):
-                raise ValueError("a file is not the record its name says")
-        except (pa.ArrowException, OSError, ValueError, KeyError):
-            data, bad = _read_one_by_one(files, filters, table, columns)
-            skipped += bad
-        if data.empty:
-            continue
+        data = found.table.to_pandas()
         data.insert(1, "campaign", folder.name.removeprefix("campaign="))
         frames.append(data)
-    for path, why in skipped:
-        log.warning("skipped %s: %s. Move it out of the dataset (or run the campaign again, which sets such "
-                    "files aside under <data root>/quarantine/)", path, why)
-    frame = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+    frame = pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0] if frames else pd.DataFrame()
     frame.attrs["skipped_files"] = skipped
     return frame
-
-
-def _belongs(data: pd.DataFrame, files: list[Path], one_row_each: bool) -> bool:
-    """Every row carries the id of a file, and (one_row_each) every file gave exactly its row."""
-    if "experiment_id" not in data.columns or data["experiment_id"].isna().any():
-        return False
-    ids, stems = set(data["experiment_id"]), {f.stem for f in files}
-    if one_row_each:
-        return ids == stems and len(data) == len(files)
-    return ids <= stems
-
-
-def _read_one_by_one(files: list[Path], filters, table: str, columns=None) -> tuple[pd.DataFrame, list]:
-    """Read file by file; return the readable records and (file, why) for the others."""
-    frames, bad = [], []
-    for path in files:
-        try:
-            part = pq.read_table(path, filters=filters, columns=columns, partitioning=None).to_pandas()
-        except (pa.ArrowException, OSError) as exc:
-            bad.append((path, _why_unreadable(path, exc)))
-            continue
-        if not _belongs(part, [path], one_row_each=table == "experiments" and filters is None):
-            bad.append((path, f"not a record of experiment {path.stem!r} (foreign or renamed file)"))
-            continue
-        frames.append(part)
-    frames = [f for f in frames if not f.empty]
-    return (pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()), bad
-
-
-def _why_unreadable(path: Path, exc: Exception) -> str:
-    """A damaged file, or a sound Parquet file of another kind (a foreign table)."""
-    try:
-        names = pq.read_schema(path).names
-    except (pa.ArrowException, OSError):
-        return f"not a readable Parquet file ({exc})"
-    return f"not a record of experiment {path.stem!r} (a foreign table: columns {names[:6]})"
 
 
 def damaged_files(root: str | os.PathLike | None, campaign: str) -> list[tuple[Path, str]]:
@@ -437,8 +330,8 @@ def damaged_files(root: str | os.PathLike | None, campaign: str) -> list[tuple[P
 
 
 def set_aside_damaged(root: str | os.PathLike | None, campaign: str) -> list[tuple[Path, Path, str]]:
-    """Move the campaign's unreadable or foreign files to <data root>/quarantine/ (same layout),
-    so the campaign can resume around them. Returns (from, to, why) for each."""
+    """Move the campaign's unreadable or foreign files to the data root's quarantine folder (same
+    layout), so the campaign can resume around them. Returns (from, to, why) for each."""
     root_path = data_root(root)
     moved = []
     for path, why in damaged_files(root_path, campaign):
@@ -452,6 +345,11 @@ def set_aside_damaged(root: str | os.PathLike | None, campaign: str) -> list[tup
     return moved
 
 
+def campaigns(root: str | os.PathLike | None = None) -> list[str]:
+    """The campaigns that have experiments under the data root."""
+    return [p.name.removeprefix("campaign=") for p in _campaign_dirs(data_root(root), "experiments", None)]
+
+
 def read_experiments(root: str | os.PathLike | None = None, campaign: str | None = None) -> pd.DataFrame:
     """All experiment rows (of one campaign or of all), sorted by start time."""
     frame = _read(data_root(root), "experiments", campaign)
@@ -460,23 +358,109 @@ def read_experiments(root: str | os.PathLike | None = None, campaign: str | None
     return frame
 
 
+def read_experiment(root: str | os.PathLike | None, campaign: str, experiment_id: str) -> dict | None:
+    """One experiment's row (with its campaign), opening only the file that holds it; None if it
+    is not recorded."""
+    found = dataset.read_key(table_folder(data_root(root), campaign), "experiment_id", experiment_id,
+                             one_row_per_key=True)
+    if found is None or found.num_rows == 0:
+        return None
+    return {"campaign": campaign, **found.to_pandas().iloc[0].to_dict()}  # as read_experiments gives rows
+
+
+def experiment_ids(root: str | os.PathLike | None, campaign: str) -> set[str]:
+    """The ids of the campaign's recorded experiments (from file names and the parts' id column)."""
+    return dataset.keys(table_folder(data_root(root), campaign), "experiment_id")
+
+
 def read_spectra(
     root: str | os.PathLike | None = None,
     campaign: str | None = None,
     experiment_id: str | None = None,
+    kind: str | None = None,
+    replicate: int | None = None,
 ) -> pd.DataFrame:
-    """Spectra rows; only those of experiments that have a row (complete on disk)."""
+    """Spectra rows; only those of experiments that have a row (complete on disk). With an
+    `experiment_id`, only the files that hold that experiment are opened; `kind` (`pl_cps`,
+    `absorbance`, ...) and `replicate` keep only those spectra, read without the others."""
     root_path = data_root(root)
-    filters = [("experiment_id", "=", experiment_id)] if experiment_id else None
-    spectra = _read(root_path, "spectra", campaign, filters)
+    if experiment_id is not None:
+        frame = _spectra_of(root_path, campaign, experiment_id)
+        if not frame.empty and kind is not None:
+            frame = frame[frame["kind"] == kind]
+        if not frame.empty and replicate is not None:
+            frame = frame[frame["replicate"] == replicate]
+        return frame.reset_index(drop=True)
+    filters = [(name, "=", value) for name, value in (("kind", kind), ("replicate", replicate)) if value is not None]
+    spectra = _read(root_path, "spectra", campaign, filters or None)
     if spectra.empty:
         return spectra
-    experiments = read_experiments(root_path, campaign)
-    known = set(experiments["experiment_id"]) if not experiments.empty else set()
-    return spectra[spectra["experiment_id"].isin(known)].reset_index(drop=True)
+    known = set()
+    for folder in _campaign_dirs(root_path, "experiments", campaign):
+        known |= dataset.keys(folder, "experiment_id")
+    spectra = spectra[spectra["experiment_id"].isin(known)]
+    return with_wavelengths(spectra, _campaign_dirs(root_path, "grids", campaign)).reset_index(drop=True)
+
+
+def _spectra_of(root: Path, campaign: str | None, experiment_id: str) -> pd.DataFrame:
+    campaigns = [campaign] if campaign is not None else [
+        p.name.removeprefix("campaign=") for p in _campaign_dirs(root, "experiments", None)]
+    for name in campaigns:
+        if read_experiment(root, name, experiment_id) is None:
+            continue
+        found = dataset.read_key(table_folder(root, name, "spectra"), "experiment_id", experiment_id)
+        if found is None:
+            return pd.DataFrame()
+        frame = found.to_pandas()
+        frame.insert(1, "campaign", name)
+        return with_wavelengths(frame, [table_folder(root, name, "grids")])
+    return pd.DataFrame()
 
 
 # --- Prefect task ---------------------------------------------------------------------------
 
 # A failed write (full disk, network filesystem hiccup) is retried; the rename makes it safe.
 write_experiment_task = task(name="record", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=1)(write_experiment)
+
+
+# --- compaction ------------------------------------------------------------------------------
+
+TABLES = ("experiments", "spectra")
+
+
+def compact_campaign(root: str | os.PathLike | None, campaign: str) -> dict[str, compaction.Compacted]:
+    """Fold the campaign's loose experiment and spectra files into part files (tasks/compaction.py);
+    safe to run at any time, also while experiments are being recorded."""
+    root_path = data_root(root)
+    return {table: compaction.compact(table_folder(root_path, campaign, table), "experiment_id",
+                                      **_compaction_options(root_path, campaign, table))
+            for table in TABLES if table_folder(root_path, campaign, table).is_dir()}
+
+
+SPECTRA_PARTS = compaction.PartLayout(row_group_rows=64)
+"""Spectra parts: sorted by experiment, 64 spectra (about 0.5 MB, four experiments) per row group,
+so a lookup by id reads little beyond its own spectra. (Sorting by kind first makes reading one
+kind faster but a lookup 3-4x slower: an experiment's spectra then sit in 16 row groups.)"""
+
+
+def _compaction_options(root: Path, campaign: str, table: str) -> dict:
+    if table == "experiments":
+        return {"one_row_per_key": True}
+    grids = table_folder(root, campaign, "grids")
+    return {"transform": lambda rows: to_grids(rows, grids), "layout": SPECTRA_PARTS}
+
+
+def compact_if_due(root: str | os.PathLike | None, campaign: str, finish: bool = True) -> dict[str, compaction.Compacted]:
+    """Compact a table that has passed the threshold of loose files (a long campaign keeps few
+    files; a short one is compacted at its end); `finish`: also finish a compaction a crash
+    interrupted (reads the parts' footers: at the start of a campaign, not after each experiment)."""
+    root_path = data_root(root)
+    done = {}
+    for table in TABLES:
+        folder = table_folder(root_path, campaign, table)
+        if folder.is_dir():
+            result = compaction.compact_if_due(folder, "experiment_id", finish=finish,
+                                               **_compaction_options(root_path, campaign, table))
+            if result is not None:
+                done[table] = result
+    return done

@@ -97,6 +97,15 @@ def platform():
 
 
 @pytest.fixture
+def schema(platform):
+    """The experiments table's schema of the default platform."""
+    from tasks.features import FeatureSettings, feature_columns
+    from tasks.storage import experiment_schema
+
+    return experiment_schema(platform, feature_columns(FeatureSettings.from_config(platform.features)))
+
+
+@pytest.fixture
 def data_root(tmp_path):
     return tmp_path / "data"
 

@@ -6,7 +6,6 @@ Each test runs the real `sdfl` command in a subprocess on real files, as a user 
 
 from __future__ import annotations
 
-import hashlib
 import os
 
 import optuna
@@ -17,6 +16,7 @@ from flows.campaign_loop import CampaignPlan, run_campaign
 from flows.experiment import PLAIN_STEPS
 from hardware.rig import open_rig
 from tasks import ledger
+from tasks.dataset import table_files
 from tasks.proposal import design_conditions
 from tasks.storage import experiment_path, read_experiments
 
@@ -27,13 +27,10 @@ def optimize_args(root, campaign="c", *extra):
     return ("optimize", "--campaign", campaign, *SMALL, "--data-root", str(root), "--seed", "3", *extra)
 
 
-def digest(path) -> str:
-    return hashlib.sha256(open(path, "rb").read()).hexdigest()
-
-
-def records(root, campaign):
-    folder = experiment_path(root.resolve(), campaign, "x").parent
-    return {p.name: digest(p) for p in sorted(folder.glob("*.parquet"))}
+def records(root, campaign) -> dict[str, str]:
+    """Each recorded experiment's values, as text (a campaign's files are compacted at its end)."""
+    rows = read_experiments(root, campaign)
+    return {row["experiment_id"]: repr(row) for row in rows.drop(columns="campaign").to_dict(orient="records")}
 
 
 def test_losing_the_ledger_never_overwrites_an_experiment(sdfl, tmp_path):
@@ -90,8 +87,8 @@ def test_damaged_and_foreign_files_are_named_and_set_aside(sdfl, tmp_path):
     root = tmp_path / "data"
     assert sdfl(*optimize_args(root)).returncode == 0
     folder = experiment_path(root.resolve(), "c", "x").parent
-    victim = folder / "c-t0001.parquet"
-    victim.write_bytes(victim.read_bytes()[:500])  # truncated: a disk that filled up mid-write
+    (victim,) = table_files(folder).parts  # the campaign's four experiments, compacted at its end
+    victim.write_bytes(victim.read_bytes()[:500])  # truncated: a damaged disk, a copy cut short
     (folder / "empty.parquet").write_bytes(b"")
     (folder / "garbage.parquet").write_bytes(os.urandom(3000))
     import pandas as pd
@@ -104,20 +101,19 @@ def test_damaged_and_foreign_files_are_named_and_set_aside(sdfl, tmp_path):
     shown = sdfl("data", "--campaign", "c", "--data-root", str(root))
     out = no_traceback(shown)
     assert shown.returncode == 0
-    assert "c-t0000" in out and "c-t0002" in out and "c-t0003" in out
-    for name in ("c-t0001.parquet", "empty.parquet", "garbage.parquet", "notes.parquet"):
+    for name in (victim.name, "empty.parquet", "garbage.parquet", "notes.parquet"):
         assert name in out
 
     resumed = sdfl(*optimize_args(root, "c", "--budget", "5"))
     out = no_traceback(resumed)
     assert resumed.returncode == 0, out
-    assert "c-t0001" in out and "missing" in out  # the finished trial whose record is gone
+    assert "c-t0001" in out and "missing" in out  # the finished trials whose records are gone
     quarantine = root / "quarantine" / "experiments" / "campaign=c"
-    assert sorted(p.name for p in quarantine.iterdir()) == ["c-t0001.parquet", "empty.parquet",
-                                                            "garbage.parquet", "notes.parquet"]
+    assert sorted(p.name for p in quarantine.iterdir()) == sorted([victim.name, "empty.parquet",
+                                                                   "garbage.parquet", "notes.parquet"])
     assert not stale.exists()
     rows = read_experiments(root, "c")
-    assert sorted(rows["experiment_id"]) == ["c-t0000", "c-t0002", "c-t0003", "c-t0004"]
+    assert sorted(rows["experiment_id"]) == ["c-t0004"]  # the other four are to be restored from a backup
     assert rows.attrs["skipped_files"] == []
 
 
@@ -144,22 +140,20 @@ def test_a_crash_while_the_study_is_set_up_neither_blocks_the_name_nor_shrinks_t
 def test_a_ledger_entry_never_reuses_an_id_the_dataset_already_holds(tmp_path, platform):
     """A record the ledger does not know (copied in, or written under another ledger) is skipped
     over, never replaced."""
-    import pandas as pd
 
     root = tmp_path / "data"
     rig = open_rig(platform, 6)
     plan = CampaignPlan(campaign="mix", budget=1, initial=0, policy="random", seed=6, data_root=str(root))
     run_campaign(rig, plan, PLAIN_STEPS)
-    frame = pd.read_parquet(experiment_path(root.resolve(), "mix", "mix-t0000"))
+    frame = read_experiments(root, "mix").drop(columns="campaign")
     frame["experiment_id"] = "mix-t0001"
-    foreign = experiment_path(root.resolve(), "mix", "mix-t0001")
-    frame.to_parquet(foreign)
-    before = digest(foreign)
+    frame["PL_I"] = 12345.0  # a value of its own, to recognise it by
+    frame.to_parquet(experiment_path(root.resolve(), "mix", "mix-t0001"))
 
     plan.budget = 3
     run_campaign(rig, plan, PLAIN_STEPS)
 
-    assert digest(foreign) == before
+    assert read_experiments(root, "mix").set_index("experiment_id").loc["mix-t0001", "PL_I"] == 12345.0
     assert sorted(read_experiments(root, "mix")["experiment_id"]) == [f"mix-t000{i}" for i in range(4)]
     study = optuna.load_study(study_name="mix", storage=ledger.storage_url(root))
     skipped = [t.user_attrs["experiment_id"] for t in study.trials if t.user_attrs.get("not_run")]

@@ -10,20 +10,13 @@ import pyarrow.parquet as pq
 import pytest
 
 from hardware.errors import SdflInputError
-from tasks.features import FeatureSettings, feature_columns
 from tasks.storage import (
     build_spectra_table,
     experiment_path,
-    experiment_schema,
     read_experiments,
     read_spectra,
     write_experiment,
 )
-
-
-@pytest.fixture
-def schema(platform):
-    return experiment_schema(platform, feature_columns(FeatureSettings.from_config(platform.features)))
 
 
 def a_row(experiment_id="exp-1", **extra):
@@ -45,8 +38,9 @@ def test_a_retried_write_leaves_exactly_one_record(schema, data_root):
     table = read_experiments(data_root, "c")
     assert len(table) == 1 and table.loc[0, "PL_I"] == 1.0e5 + 2
     assert len(read_spectra(data_root, "c")) == 2
-    # No temporary files are left behind.
-    assert [p.name for p in experiment_path(data_root.resolve(), "c", "exp-1").parent.iterdir()] == ["exp-1.parquet"]
+    # No temporary files are left behind: the record, the folder's schema file and its lock.
+    folder = experiment_path(data_root.resolve(), "c", "exp-1").parent
+    assert sorted(p.name for p in folder.iterdir()) == ["+schema.parquet", ".schema.lock", "exp-1.parquet"]
 
 
 def test_plain_pandas_reads_the_dataset(schema, data_root):
@@ -77,7 +71,7 @@ def test_spectra_without_an_experiment_row_are_not_returned(schema, data_root):
     write_experiment(a_row("exp-ok"), [a_spectrum()], schema, "c", data_root)
     # As if a run was killed between its two writes:
     orphan = experiment_path(data_root.resolve(), "c", "exp-orphan", table="spectra")
-    pq.write_table(build_spectra_table([{**a_spectrum(), "experiment_id": "exp-orphan"}]), orphan)
+    pq.write_table(build_spectra_table([{**a_spectrum(), "experiment_id": "exp-orphan"}])[0], orphan)
     assert set(pd.read_parquet(orphan.parent)["experiment_id"]) == {"exp-ok", "exp-orphan"}
     spectra = read_spectra(data_root, "c")
     assert set(spectra["experiment_id"]) == {"exp-ok"}
