@@ -34,7 +34,7 @@ import pyarrow.parquet as pq
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from hardware.errors import DataRootUnusable, RecordNotSaved, SdflInputError
+from hardware.errors import DataRootUnusable, RecordNotSaved, SdflInputError, did_you_mean
 from hardware.platform import PlatformConfig
 from tasks import compaction, dataset
 from tasks.dataset import rows_table, tmp_name
@@ -394,12 +394,23 @@ def read_spectra(
     filters = [(name, "=", value) for name, value in (("kind", kind), ("replicate", replicate)) if value is not None]
     spectra = _read(root_path, "spectra", campaign, filters or None)
     if spectra.empty:
+        if kind is not None:
+            _check_kind(root_path, campaign, kind)
         return spectra
     known = set()
     for folder in _campaign_dirs(root_path, "experiments", campaign):
         known |= dataset.keys(folder, "experiment_id")
     spectra = spectra[spectra["experiment_id"].isin(known)]
     return with_wavelengths(spectra, _campaign_dirs(root_path, "grids", campaign)).reset_index(drop=True)
+
+
+def _check_kind(root: Path, campaign: str | None, kind: str) -> None:
+    """A kind no recorded spectrum has is a mistake to name (not an empty answer)."""
+    kinds = _read(root, "spectra", campaign, columns=["experiment_id", "kind"])
+    found = sorted(set(kinds["kind"])) if not kinds.empty else []
+    if found and kind not in found:
+        raise SdflInputError(f"no spectra of kind {kind!r}{did_you_mean(kind, found)}; the kinds recorded: "
+                             f"{', '.join(found)}")
 
 
 def _spectra_of(root: Path, campaign: str | None, experiment_id: str) -> pd.DataFrame:

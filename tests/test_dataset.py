@@ -156,3 +156,11 @@ def test_a_loose_file_and_a_part_holding_one_key_read_once_the_loose_file_winnin
     assert got == {"a": 1.0, "b": 20.0, "c": 30.0}
     assert dataset.read_key(folder, "key", "b")["value"].to_pylist() == [20.0]
     assert dataset.keys(folder, "key") == {"a", "b", "c"}
+
+
+def test_a_spectrum_kind_no_record_has_is_named_with_the_kinds_there(schema, data_root):
+    write_experiment(a_row("exp-a"), [a_spectrum("pl_cps"), a_spectrum("absorbance")], schema, "c", data_root)
+    assert len(read_spectra(data_root, "c", kind="pl_cps", replicate=0)) == 1
+    with pytest.raises(SdflInputError, match="'pl_cp'.*did you mean 'pl_cps'.*absorbance, pl_cps"):
+        read_spectra(data_root, "c", kind="pl_cp")
+    assert len(read_spectra(data_root, "c")) == 2  # nothing touched
