@@ -200,12 +200,11 @@ def write_new_layout(templates: Templates, root: Path, n: int, seed: int) -> Non
         rows = templates.rows_for(first, count, rng)
         spectra = to_grids(templates.spectra_for(first, count, rng, with_wavelengths=True),
                            storage.table_folder(root, CAMPAIGN, "grids"))
-        for name, table, layout in (("experiments", rows, compaction.PartLayout()),
+        for name, table, layout in (("experiments", rows, storage.EXPERIMENT_PARTS),
                                     ("spectra", spectra, storage.SPECTRA_PARTS)):
             folder = storage.table_folder(root, CAMPAIGN, name)
-            compaction._write_batch(table, "experiment_id", folder, generation, [], [], layout)
-    for name in ("experiments", "spectra"):
-        compaction.refresh_index(storage.table_folder(root, CAMPAIGN, name), "experiment_id")
+            entries = compaction._write_batch(table, "experiment_id", folder, generation, [], [], layout)
+            compaction.refresh_index(folder, "experiment_id", entries)
 
 
 def add_loose(templates: Templates, root: Path, first: int, count: int, seed: int) -> None:

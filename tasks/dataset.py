@@ -22,6 +22,7 @@ are version 1, the layout before this module).
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import fcntl
 import functools
@@ -53,7 +54,6 @@ SCHEMA_FILE = "+schema.parquet"
 PARTS_INDEX = ".parts.json"
 """Hidden beside the parts: each part's smallest and largest key (written by compaction)."""
 PART = re.compile(r"^part-(\d{6})-[0-9a-f]{8}\.parquet$")
-PART_STEM = r"^part-\d{6}-[0-9a-f]{8}$"
 LOOSE_RANK = 10**9
 """Rank of a loose file when one key is in several files (parts rank by generation)."""
 
@@ -109,16 +109,23 @@ def fsync_folder(folder: Path) -> None:
         os.close(fd)
 
 
-def write_file(table: pa.Table, path: Path, **parquet_options) -> Path:
+def write_file(table: pa.Table, path: Path, breaks: list[int] = (), row_group_size: int | None = None,
+               **parquet_options) -> Path:
     """Write `table` to `path` atomically: a hidden temporary file, synced, renamed over `path`.
 
     Readers never see half a file, and writing the same path again replaces it (a retried write
-    never adds a row). Every Parquet file of the data root goes through here.
+    never adds a row). Every Parquet file of the data root goes through here. A row group never
+    spans one of the row numbers in `breaks` (so each can hold one kind of row).
     """
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = tmp_name(path)
+    table = versioned(table)
     try:
-        pq.write_table(versioned(table), tmp, compression=parquet_options.pop("compression", "zstd"), **parquet_options)
+        with pq.ParquetWriter(tmp, table.schema, compression=parquet_options.pop("compression", "zstd"),
+                              **parquet_options) as writer:
+            edges = [0, *sorted(b for b in breaks if 0 < b < table.num_rows), table.num_rows]
+            for start, end in zip(edges, edges[1:]):
+                writer.write_table(table.slice(start, end - start), row_group_size=row_group_size)
         with open(tmp, "rb") as handle:
             os.fsync(handle.fileno())
         os.replace(tmp, path)
@@ -310,7 +317,7 @@ def read_table(folder: Path, key: str, columns: list[str] | None = None, filter=
         readable = [p for p in readable if p not in {b for b, _ in bad}]
     table, foreign = _drop_foreign(table, key, one_row_per_key and filter is None)
     skipped += foreign
-    if files.parts and (len(files.parts) > 1 or files.loose):
+    if files.parts and (len(files.parts) > 1 or files.loose) and not _disjoint(Path(folder), readable):
         table = _newest_only(table, key, readable, files, filter)
     _name_skipped(skipped)
     return Read(table.drop_columns(["__filename"]), skipped)
@@ -329,7 +336,7 @@ def _unified_schema(folder: Path, files: Files, key: str, skipped: list) -> tupl
     readable = []
     for path in files.all:
         try:
-            found = pq.read_schema(path)
+            found = _schema_of(path)
         except (pa.ArrowException, OSError) as exc:
             skipped.append((path, _why_unreadable(path, exc)))
             continue
@@ -346,6 +353,19 @@ def _unified_schema(folder: Path, files: Files, key: str, skipped: list) -> tupl
             origin.setdefault(name, path)
         readable.append(path)
     return (schema if schema is not None else pa.schema([])), readable
+
+
+def _schema_of(path: Path) -> pa.Schema:
+    """A file's schema; a part's is parsed once per process (a part never changes)."""
+    if not PART.match(path.name):
+        return pq.read_schema(path)
+    st = path.stat()
+    return _part_schema(str(path), st.st_size, st.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=1024)
+def _part_schema(path: str, size: int, mtime_ns: int) -> pa.Schema:
+    return pq.read_schema(path)
 
 
 def _scan(paths: list[Path], schema: pa.Schema, columns, filter) -> pa.Table:
@@ -375,14 +395,16 @@ def _drop_foreign(table: pa.Table, key: str, one_row_per_key: bool) -> tuple[pa.
     file), and, with `one_row_per_key`, loose files that do not hold exactly one row."""
     if table.num_rows == 0:
         return table, []
-    stems = _stems(table)
-    loose = pc.invert(pc.match_substring_regex(stems, pattern=PART_STEM))
-    keys = table[key].cast(pa.string())
-    wrong = pc.fill_null(pc.and_kleene(loose, pc.not_equal(keys, stems)), True)
+    names = pc.unique(table["__filename"]).to_pylist()
+    loose_names = [n for n in names if not PART.match(Path(n).name)]
+    if not loose_names:
+        return table, []
+    rows = table.filter(pc.is_in(table["__filename"], value_set=pa.array(loose_names)))
+    wrong = pc.fill_null(pc.not_equal(rows[key].cast(pa.string()), _stems(rows)), True)
     why = {f: f"not a record of {Path(f).stem!r} (a foreign or renamed file)"
-           for f in pc.unique(pc.filter(table["__filename"], wrong)).to_pylist()}
+           for f in pc.unique(pc.filter(rows["__filename"], wrong)).to_pylist()}
     if one_row_per_key:
-        counts = table.filter(loose).group_by("__filename").aggregate([("__filename", "count")])
+        counts = rows.group_by("__filename").aggregate([("__filename", "count")])
         for name, count in zip(counts["__filename"].to_pylist(), counts["__filename_count"].to_pylist()):
             if count != 1:
                 why.setdefault(name, f"holds {count} rows where one record is expected")
@@ -390,6 +412,30 @@ def _drop_foreign(table: pa.Table, key: str, one_row_per_key: bool) -> tuple[pa.
         return table, []
     keep = pc.invert(pc.is_in(table["__filename"], value_set=pa.array(sorted(why))))
     return table.filter(keep), [(Path(f), w) for f, w in sorted(why.items())]
+
+
+def _disjoint(folder: Path, readable: list[Path]) -> bool:
+    """Whether no key can be in two of these files, by the part index alone: every part listed,
+    no two part ranges overlapping, no loose file's key inside a part's range. (A campaign's ids
+    grow with time, so this holds unless an experiment was written again after a compaction.)"""
+    index = read_index(folder)
+    ranges, loose = [], []
+    for path in readable:
+        if PART.match(path.name):
+            if path.name not in index:
+                return False
+            ranges.append(index[path.name][:2])
+        else:
+            loose.append(path.stem)
+    ranges.sort()
+    if any(ranges[i][1] >= ranges[i + 1][0] for i in range(len(ranges) - 1)):
+        return False
+    lows = [low for low, _ in ranges]
+    for stem in loose:
+        i = bisect.bisect_right(lows, stem) - 1
+        if i >= 0 and stem <= ranges[i][1]:
+            return False
+    return True
 
 
 def _ranks(filenames: pa.ChunkedArray, files: Files) -> pa.Array:

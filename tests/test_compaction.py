@@ -78,6 +78,30 @@ def test_a_key_rewritten_after_compaction_reads_its_new_rows(schema, data_root):
     assert len(rows) == 3 and rows.loc["exp-00001", "PL_I"] == -1.0
 
 
+def test_spectra_parts_keep_each_kind_apart_so_reading_one_kind_skips_the_others(schema, data_root):
+    for i in range(40):
+        write_experiment(a_row(f"exp-{i:05d}"), [a_spectrum(kind, r) for kind in ("pl", "pl_cps") for r in (0, 1)],
+                         schema, "c", data_root)
+    before = snapshot(data_root)
+    compact_campaign(data_root, "c")
+    (part,) = dataset.table_files(table_folder(data_root, "c", "spectra")).parts
+    metadata = pq.read_metadata(part)
+    names = metadata.schema.to_arrow_schema().names
+    kind, replicate = names.index("kind"), names.index("replicate")
+    groups = [metadata.row_group(i) for i in range(metadata.num_row_groups)]
+    for group in groups:  # each row group holds one kind and replicate: a read of one kind skips the rest
+        for column in (kind, replicate):
+            stats = group.column(column).statistics
+            assert stats.has_min_max and stats.min == stats.max
+    assert len(groups) >= 4 * 40 // 16
+    assert "BYTE_STREAM_SPLIT" in groups[0].column(names.index("value")).encodings
+    assert_same(before, snapshot(data_root))
+    one_kind = read_spectra(data_root, "c", kind="pl_cps", replicate=1).sort_values("experiment_id")
+    expected = before[1][(before[1]["kind"] == "pl_cps") & (before[1]["replicate"] == 1)]
+    pd.testing.assert_frame_equal(one_kind.reset_index(drop=True), expected.reset_index(drop=True)[one_kind.columns])
+    assert dataset.read_index(part.parent) == {part.name: ["exp-00000", "exp-00039", 40]}
+
+
 def test_an_interrupted_batch_is_finished_or_undone_and_a_rewritten_file_is_kept(tmp_path):
     folder = tmp_path / "t"
     schema = pa.schema([pa.field("key", pa.string()), pa.field("value", pa.float64())])
@@ -171,7 +195,7 @@ def test_kill_9_at_any_moment_of_a_compaction_loses_and_doubles_nothing(schema, 
     exactly once with the same values; the next compaction finishes the job, and then no loose file
     and no old row is left behind (plain pandas reads each experiment once too)."""
     rng = random.Random(7)
-    record_small(schema, data_root, 0, 60)
+    record_small(schema, data_root, 0, 30)
     server = subprocess.Popen([sys.executable, "-c", SERVER, str(data_root)], cwd=REPO_DIR, text=True,
                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, env={**os.environ, "PYTHONPATH": REPO_DIR})
     try:
@@ -184,13 +208,13 @@ def test_kill_9_at_any_moment_of_a_compaction_loses_and_doubles_nothing(schema, 
 
         start()
         server.stdout.readline()
-        record_small(schema, data_root, 60, 30)
+        record_small(schema, data_root, 30, 15)
         start()
-        duration = float(server.stdout.readline())  # a whole compaction of 30 new experiments
-        written, mid_compaction = 90, 0
+        duration = float(server.stdout.readline())  # a whole compaction of 15 new experiments
+        written, mid_compaction = 45, 0
         for _ in range(20):
-            record_small(schema, data_root, written, 30)
-            written += 30
+            record_small(schema, data_root, written, 15)
+            written += 15
             if rng.random() < 0.3:  # an experiment compacted earlier is written again (a retried write)
                 write_experiment(a_row("exp-00003", PL_I=-3.0), [small_spectrum("pl")], schema, "c", data_root)
             before = snapshot(data_root)

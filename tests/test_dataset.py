@@ -13,7 +13,7 @@ import pytest
 from test_storage import a_row, a_spectrum
 
 from hardware.errors import SdflInputError
-from tasks import dataset
+from tasks import compaction, dataset
 from tasks.dataset import SCHEMA_FILE, SchemaConflict, read_table, record_schema, write_loose
 from tasks.storage import (
     experiment_ids,
@@ -152,10 +152,15 @@ def test_a_loose_file_and_a_part_holding_one_key_read_once_the_loose_file_winnin
                        folder / "part-000002-0123abcd.parquet")
     write_loose(pa.table({"key": ["c"], "value": [30.0]}, schema=schema), folder, "c")
 
-    got = read_table(folder, "key").table.to_pandas().set_index("key")["value"].to_dict()
-    assert got == {"a": 1.0, "b": 20.0, "c": 30.0}
-    assert dataset.read_key(folder, "key", "b")["value"].to_pylist() == [20.0]
-    assert dataset.keys(folder, "key") == {"a", "b", "c"}
+    for indexed in (False, True):  # the index tells the reader the ranges overlap: it still takes each key once
+        if indexed:
+            compaction.refresh_index(folder, "key")
+        got = read_table(folder, "key").table.to_pandas().set_index("key")["value"].to_dict()
+        assert got == {"a": 1.0, "b": 20.0, "c": 30.0}
+        assert dataset.read_key(folder, "key", "b")["value"].to_pylist() == [20.0]
+        assert dataset.keys(folder, "key") == {"a", "b", "c"}
+    assert dataset.read_index(folder) == {"part-000001-0123abcd.parquet": ["a", "b", 2],
+                                          "part-000002-0123abcd.parquet": ["b", "c", 2]}
 
 
 def test_a_spectrum_kind_no_record_has_is_named_with_the_kinds_there(schema, data_root):
