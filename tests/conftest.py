@@ -14,7 +14,7 @@ from hardware.platform import load_platform  # noqa: E402
 
 @pytest.fixture(scope="session")
 def prefect_harness(tmp_path_factory):
-    """A real Prefect API for the whole session (started once: ~15 s), no flow heartbeats."""
+    """A real Prefect API for the whole session (started once: ~15 s on a quiet machine), no flow heartbeats."""
     from prefect.settings import (
         PREFECT_FLOWS_HEARTBEAT_FREQUENCY,
         PREFECT_LOCAL_STORAGE_PATH,
@@ -23,7 +23,7 @@ def prefect_harness(tmp_path_factory):
     from prefect.testing.utilities import prefect_test_harness
 
     storage = tmp_path_factory.mktemp("prefect-results")
-    with prefect_test_harness(server_startup_timeout=120):
+    with prefect_test_harness(server_startup_timeout=300):  # a loaded 2-core machine can take minutes
         with temporary_settings({PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None, PREFECT_LOCAL_STORAGE_PATH: storage}):
             yield
 
@@ -188,3 +188,18 @@ def paused_run_id(timeout_s: float = 120.0):
                 return runs[0].id
             time.sleep(0.5)
     raise AssertionError("the flow run never paused")
+
+
+def sdfl_environment(home, server: bool = True, **extra: str) -> dict[str, str]:
+    """The environment the `sdfl` fixture gives its process, for a test that starts `sdfl` itself
+    (to kill it, or once for a whole module): PREFECT_HOME `home`; with `server`, this session's
+    Prefect test server (call it where `prefect_harness` is up), else none (Prefect starts its
+    temporary API). `extra`: more variables."""
+    from prefect.settings import get_current_settings
+
+    environment = {**os.environ, "PREFECT_HOME": str(home), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+                   "PYTHONPATH": os.path.join(REPO_DIR, "tests"), **extra}
+    environment.pop("PREFECT_API_URL", None)
+    if server:
+        environment["PREFECT_API_URL"] = get_current_settings().api.url
+    return environment

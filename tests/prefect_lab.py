@@ -1,6 +1,6 @@
 """A Prefect server on loopback with the deployments of deployments/prefect.yaml and a worker on
 the default reactor: what `make server deploy worker` makes, started once per test session and
-stopped at its end. The `lab` fixture (tests/conftest.py) hands it to the tests that need it.
+stopped at its end. The `ui_lab` fixture (tests/conftest.py) hands it to the tests that need it.
 """
 
 from __future__ import annotations
@@ -18,6 +18,12 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 REACTOR = "virtual-cs3cu2i5"
 FINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
+CAMPAIGN = "browser"
+"""The campaign of `Lab.report_runs`: its artifacts are `browser-summary`, `browser-shap`, ..."""
+BUDGET = 10
+"""Its experiments: the 9 Latin-hypercube ones of the form's default, then one of the policy. Enough
+for the SHAP table to show effects of both signs (tests/test_ui_browser.py), few enough for the
+summary's caveat (fewer than 21 experiments for 7 inputs)."""
 
 _spec = importlib.util.spec_from_file_location("sdfl_local_prefect", REPO / "deployments" / "local.py")
 local = importlib.util.module_from_spec(_spec)
@@ -52,6 +58,7 @@ class Lab:
     def __init__(self, api: str, home: Path, data: Path, processes: list[subprocess.Popen]):
         self.api, self.home, self.data, self.processes = api, home, data, processes
         self.http = httpx.Client(base_url=api, timeout=30, transport=RetryWhenBusy())
+        self._report_runs: dict | str | None = None
 
     def start_worker(self) -> None:
         self.processes.append(local.start_worker(self.home, self.api, REACTOR, PREFECT_WORKER_QUERY_SECONDS="1"))
@@ -86,6 +93,39 @@ class Lab:
     def reactor_slots(self) -> int:
         return self.http.get(f"/v2/concurrency_limits/reactor-{REACTOR}").json()["active_slots"]
 
+    def report_runs(self) -> dict:
+        """The flows that publish plots, started at once as the UI starts them (through their
+        deployments) on the reactor, which they take in turn, and run to completion: a
+        BUDGET-experiment optimization of CAMPAIGN, a residence-time study and a 1 h lot. Returns
+        each flow's run by flow name, and their data root as "root".
+
+        Started on first call and shared by the session: test_deployments.py checks what the
+        optimization records, test_ui_browser.py what the UI shows of all three (one campaign
+        through a deployment instead of two). A failure is reported again to every later caller."""
+        if self._report_runs is None:
+            self._report_runs = "the flows did not finish"  # what a later call reports if this one fails
+            root = self.data / CAMPAIGN
+            started = {}
+            for flow, parameters in (
+                    ("optimize", {"campaign": CAMPAIGN, "budget": BUDGET, "seed": 0}),
+                    # two reaction times, a reading every 3 s: the plot of a study, from a third of the readings
+                    ("residence-time-study", {"reaction_times_s": [25.0, 42.0], "follow_tau": 2.0, "interval_s": 3.0}),
+                    ("manufacture", {"lot": f"{CAMPAIGN}-lot", "recipe": {"temperature_c": 145.0}, "duration_h": 1.0,
+                                     "qualification_min": 20.0, "qualification_points": 10, "qc_every_min": 5.0,
+                                     "on_alarm": "continue", "auto_refill": True})):
+                reply = self.trigger(flow, {**parameters, "platform": REACTOR, "data_root": str(root)})
+                assert reply.status_code == 201, reply.text
+                started[flow] = reply.json()
+            for flow, run in started.items():
+                state = self.wait(run["id"], timeout_s=400)
+                if state["type"] != "COMPLETED":
+                    self._report_runs = f"{flow} ended {state['type']}:\n{self.logs(run['id'])[-3000:]}"
+                    raise AssertionError(self._report_runs)
+            self._report_runs = {**started, "root": root}
+        if isinstance(self._report_runs, str):
+            raise AssertionError(self._report_runs)
+        return self._report_runs
+
 
 def running_lab(tmp_path_factory):
     """Server, work pool, reactor limit, deployments and a worker; all stopped at the end."""
@@ -95,9 +135,13 @@ def running_lab(tmp_path_factory):
     api = f"http://127.0.0.1:{port}/api"
     processes: list[subprocess.Popen] = []
     try:
-        # The repossessor frees the slots of expired leases (a killed run) every second, not 15 s.
+        # The repossessor frees the slots of expired leases (a killed run) every second, not 15 s,
+        # and a run refused a reactor's slot asks again after ~1 s, not after as long as the slot is
+        # held on average (up to 30 s, +30 % jitter: the server's default): a run that waits for a
+        # killed run's lease takes the reactor within a second or two of the lease's end.
         processes.append(local.start_server(home, "127.0.0.1", port,
-                                            PREFECT_SERVER_SERVICES_REPOSSESSOR_LOOP_SECONDS="1"))
+                                            PREFECT_SERVER_SERVICES_REPOSSESSOR_LOOP_SECONDS="1",
+                                            PREFECT_SERVER_CONCURRENCY_MAXIMUM_CONCURRENCY_SLOT_WAIT_SECONDS="1"))
         subprocess.run([sys.executable, str(REPO / "deployments" / "local.py"), "deploy", "--home", str(home),
                         "--port", str(port)], cwd=REPO, check=True, timeout=300,
                        stdout=subprocess.PIPE, stderr=subprocess.STDOUT)

@@ -16,7 +16,7 @@ from pathlib import Path
 import optuna
 import pandas as pd
 import pytest
-from prefect_lab import FINAL, REACTOR, REPO, local
+from prefect_lab import BUDGET, CAMPAIGN, FINAL, REACTOR, REPO, local
 
 from flows.settings import bounds_text, centred
 from hardware.platform import load_platform
@@ -171,16 +171,15 @@ def test_make_worker_serves_every_reactor_of_the_deployment_file(ui_lab):
 
 
 def test_a_run_started_like_the_ui_records_parquet_and_artifacts(ui_lab):
-    root = ui_lab.data / "ui"
-    reply = ui_lab.trigger("optimize", {"campaign": "ui", "budget": 3, "initial": 2, "platform": REACTOR,
-                                     "data_root": str(root), "explain": False})
-    assert reply.status_code == 201, reply.text
-    run = reply.json()
-    state = ui_lab.wait(run["id"])
-    assert state["type"] == "COMPLETED", ui_lab.logs(run["id"])[-3000:]
+    """The optimization of `ui_lab.report_runs()`, started as the UI's run form starts it (campaign,
+    budget and seed given, the other settings at the form's defaults) and run by the reactor's
+    worker: every experiment in the dataset, the progress at 100 % and the report as artifacts of
+    the run. (Its plots are checked in a browser by tests/test_ui_browser.py.)"""
+    runs = ui_lab.report_runs()
+    run, root = runs["optimize"], runs["root"]
 
     rows = pd.read_parquet(root / "experiments")
-    assert sorted(rows["experiment_id"]) == ["ui-t0000", "ui-t0001", "ui-t0002"]
+    assert sorted(rows["experiment_id"]) == [f"{CAMPAIGN}-t{n:04d}" for n in range(BUDGET)]
     assert set(rows["status"]) == {"completed"} and (rows["PL_I"] > 0).all()
     artifacts = ui_lab.http.post("/artifacts/filter", json={"artifacts": {"flow_run_id": {"any_": [run["id"]]}}}).json()
     by_type = {}
@@ -188,9 +187,9 @@ def test_a_run_started_like_the_ui_records_parquet_and_artifacts(ui_lab):
         by_type.setdefault(artifact["type"], []).append(artifact)
     assert by_type["progress"][0]["data"] == pytest.approx(100.0)
     keys = {a["key"] for a in artifacts if a["key"]}
-    assert {"ui-best-so-far", "ui-summary"} <= keys
-    summary = next(a for a in artifacts if a["key"] == "ui-summary")
-    assert "Experiments: 3 (3 completed)" in summary["data"]
+    assert {f"{CAMPAIGN}-best-so-far", f"{CAMPAIGN}-summary"} <= keys
+    summary = next(a for a in artifacts if a["key"] == f"{CAMPAIGN}-summary")
+    assert f"Experiments: {BUDGET} ({BUDGET} completed)" in summary["data"]
 
 
 @pytest.mark.parametrize("parameters, field, reason", [
@@ -255,8 +254,11 @@ def test_a_worker_killed_mid_campaign_leaves_it_resumable_and_the_reactor_comes_
     experiment lost, none duplicated, the one in flight recorded as crashed.
     """
     root = ui_lab.data / "killed"
-    run = ui_lab.trigger("optimize", {"campaign": "killed", "budget": 8, "initial": 4, "platform": REACTOR,
-                                   "data_root": str(root), "explain": False}).json()
+    # Killed once 2 experiments are recorded, inside a Latin-hypercube design of 3: the run started
+    # again finishes the design, then goes on with the policy.
+    campaign = {"campaign": "killed", "budget": 5, "initial": 3, "platform": REACTOR, "data_root": str(root),
+                "explain": False}
+    run = ui_lab.trigger("optimize", campaign).json()
     deadline = time.monotonic() + 120
     while len(experiment_ids(root, "killed")) < 2:
         assert ui_lab.state(run["id"])["type"] not in FINAL, ui_lab.logs(run["id"])[-3000:]
@@ -273,8 +275,7 @@ def test_a_worker_killed_mid_campaign_leaves_it_resumable_and_the_reactor_comes_
     assert ui_lab.state(run["id"])["type"] == "RUNNING"
 
     ui_lab.start_worker()
-    again = ui_lab.trigger("optimize", {"campaign": "killed", "budget": 8, "initial": 4, "platform": REACTOR,
-                                     "data_root": str(root), "explain": False}).json()
+    again = ui_lab.trigger("optimize", campaign).json()
     state = ui_lab.wait(again["id"], timeout_s=150)
     logs = ui_lab.logs(again["id"])
     assert state["type"] == "COMPLETED", logs[-3000:]
@@ -282,11 +283,11 @@ def test_a_worker_killed_mid_campaign_leaves_it_resumable_and_the_reactor_comes_
     assert f"reactor {REACTOR} acquired after" in logs
 
     rows = pd.read_parquet(root / "experiments")
-    assert rows["experiment_id"].is_unique and len(rows) == 8
+    assert rows["experiment_id"].is_unique and len(rows) == campaign["budget"]
     assert set(before["experiment_id"]) <= set(rows["experiment_id"])
     assert (rows["status"] == "crashed").sum() <= 1 and set(rows["status"]) <= {"completed", "crashed"}
     study = optuna.load_study(study_name="killed", storage=storage_url(str(root)))
-    assert len(study.trials) == 8
+    assert len(study.trials) == campaign["budget"]
     assert ui_lab.reactor_slots() == 0
     assert ui_lab.state(run["id"])["type"] == "RUNNING"  # Prefect never learns that the first run died
 

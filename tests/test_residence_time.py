@@ -33,11 +33,12 @@ def test_a_step_smaller_than_the_noise_settles_at_once_and_says_so():
 
 @pytest.mark.usefixtures("prefect_harness")
 def test_every_reaction_time_is_steady_by_1_25_tau_from_solvent(data_root):
-    """Each reaction time from a cell full of solvent: a full transition each time."""
-    result = residence_time_study(reaction_times_s=[25.0, 31.0, 42.0], start_from="solvent",
+    """The shortest and the longest reaction time of the space (25 and 42 s; every other one lies
+    between them), each from a cell full of solvent: a full transition each time."""
+    result = residence_time_study(reaction_times_s=[25.0, 42.0], start_from="solvent",
                                   data_root=str(data_root), seed=41)
     steps = pd.DataFrame(result["steps"])
-    assert list(steps["reaction_time_s"].round()) == [25, 31, 42]
+    assert list(steps["reaction_time_s"].round()) == [25, 42]
     assert (steps["resolved_features"] == 3).all()
     # Not instantaneous (the liquid has to travel) and no later than 1.25 tau.
     assert steps["settle_tau"].between(0.9, 1.25).all(), steps
