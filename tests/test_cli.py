@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
@@ -10,7 +9,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import no_traceback
+from conftest import no_traceback, sdfl_environment
 
 from flows.cli import main
 from hardware.platform import PLATFORM_DIR
@@ -68,17 +67,19 @@ def test_a_broken_platform_file_names_file_and_field(tmp_path, capsys):
     assert str(broken) in err and "path[0].volume" in err and "unknown unit 'uLL'" in err
 
 
+@pytest.mark.usefixtures("prefect_harness")
 def test_sigterm_mid_experiment_leaves_a_crashed_record(tmp_path):
     """A process manager stops sdfl mid-run: the flow is marked crashed, the hook makes the rig
     safe and records the experiment. (The chemistry plug-in is slowed down in wall time so the
-    run can be caught in the middle; it is a user-supplied class, as any lab could write.)"""
+    run can be caught in the middle; it is a user-supplied class, as any lab could write.) sdfl
+    reports to this session's Prefect test server, as the `sdfl` fixture does: Prefect's own
+    temporary server under an interrupted sdfl is tested in test_prefect_server.py."""
     text = (PLATFORM_DIR / "virtual-cs3cu2i5.toml").read_text()
     text = text.replace('model = "hardware.virtual.cs3cu2i5:Cs3Cu2I5Chemistry"', 'model = "slow_chemistry:SlowChemistry"')
     config = tmp_path / "virtual-slow.toml"
     config.write_text(text)
     marker, data = tmp_path / "started", tmp_path / "data"
-    env = {**os.environ, "PYTHONPATH": str(REPO / "tests"), "SDFL_TEST_MARKER": str(marker),
-           "PREFECT_HOME": str(tmp_path / "prefect"), "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+    env = sdfl_environment(tmp_path / "prefect", SDFL_TEST_MARKER=str(marker))
     process = subprocess.Popen(
         [sys.executable, "-m", "flows.cli", "experiment", "--platform", str(config), "--campaign", "killed",
          "--experiment-id", "exp-killed", "--data-root", str(data)],

@@ -1,15 +1,20 @@
 """A campaign's state survives what happens to files: a lost or damaged ledger (the Optuna
 study), damaged, foreign or half-written Parquet files, a crash while the study was being set up.
 
-Each test runs the real `sdfl` command in a subprocess on real files, as a user would.
+Each test runs the real `sdfl` command in a subprocess on real files, as a user would. The tests
+that start from a finished campaign get a copy of one that `sdfl` ran once for the module.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
+import sys
 
 import optuna
-from conftest import no_traceback
+import pytest
+from conftest import REPO_DIR, no_traceback, sdfl_environment
 from optuna.trial import TrialState
 
 from flows.campaign_loop import CampaignPlan, run_campaign
@@ -27,40 +32,56 @@ def optimize_args(root, campaign="c", *extra):
     return ("optimize", "--campaign", campaign, *SMALL, "--data-root", str(root), "--seed", "3", *extra)
 
 
+@pytest.fixture(scope="module")
+def finished_campaign(prefect_harness, tmp_path_factory):
+    """The data root of campaign "c" as `sdfl optimize` (SMALL, seed 3) leaves it: four experiments
+    compacted, the ledger, the report. Never changed: a test works on its own copy (`campaign_copy`)."""
+    base = tmp_path_factory.mktemp("finished-campaign")
+    root = base / "data"
+    first = subprocess.run([sys.executable, "-m", "flows.cli", *optimize_args(root)], cwd=REPO_DIR,
+                           env=sdfl_environment(base / "prefect-home"), capture_output=True, text=True, timeout=300,
+                           stdin=subprocess.DEVNULL)
+    assert first.returncode == 0, no_traceback(first)
+    return root
+
+
+@pytest.fixture
+def campaign_copy(finished_campaign, tmp_path):
+    """This test's own copy of the finished campaign's data root (every file as `sdfl` left it)."""
+    return shutil.copytree(finished_campaign, tmp_path / "data")
+
+
 def records(root, campaign) -> dict[str, str]:
     """Each recorded experiment's values, as text (a campaign's files are compacted at its end)."""
     rows = read_experiments(root, campaign)
     return {row["experiment_id"]: repr(row) for row in rows.drop(columns="campaign").to_dict(orient="records")}
 
 
-def test_losing_the_ledger_never_overwrites_an_experiment(sdfl, tmp_path):
+def test_losing_the_ledger_never_overwrites_an_experiment(sdfl, campaign_copy):
     """The reproduction from the fault campaign: run, delete optuna.db, run again with a larger
     budget. The second run rebuilds the ledger from the dataset and adds new experiments."""
-    root = tmp_path / "data"
-    first = sdfl(*optimize_args(root))
-    assert first.returncode == 0, no_traceback(first)
+    root = campaign_copy  # the first run
     before = records(root, "c")
     assert len(before) == 4
     os.remove(root / "optuna.db")
 
-    second = sdfl("optimize", "--campaign", "c", "--budget", "6", "--initial", "2", "--no-explain",
+    second = sdfl("optimize", "--campaign", "c", "--budget", "5", "--initial", "2", "--no-explain",
                   "--data-root", str(root), "--seed", "3")
 
     out = no_traceback(second)
     assert second.returncode == 0, out
     after = records(root, "c")
-    assert len(after) == 6
+    assert len(after) == 5
     assert {name: after[name] for name in before} == before  # every earlier record untouched
     study = optuna.load_study(study_name="c", storage=ledger.storage_url(root))
     ids = [t.user_attrs["experiment_id"] for t in study.trials]
-    assert len(ids) == len(set(ids)) == 6
+    assert len(ids) == len(set(ids)) == 5
     assert all(t.user_attrs.get("rebuilt") for t in study.trials[:4])
     assert "rebuilt" in out
 
 
-def test_a_damaged_ledger_is_named_with_the_way_out(sdfl, tmp_path):
-    root = tmp_path / "data"
-    assert sdfl(*optimize_args(root)).returncode == 0
+def test_a_damaged_ledger_is_named_with_the_way_out(sdfl, campaign_copy):
+    root = campaign_copy
     with open(root / "optuna.db", "r+b") as handle:  # scribble over the middle of the file
         handle.seek(4096)
         handle.write(os.urandom(8192))
@@ -80,12 +101,11 @@ def test_a_damaged_ledger_is_named_with_the_way_out(sdfl, tmp_path):
     assert len(records(root, "c")) == 5
 
 
-def test_damaged_and_foreign_files_are_named_and_set_aside(sdfl, tmp_path):
+def test_damaged_and_foreign_files_are_named_and_set_aside(sdfl, campaign_copy):
     """A truncated file, an empty one, a garbage one and a foreign table in the campaign folder:
     `sdfl data` names them and shows the rest; a resumed campaign sets them aside, reports the
     missing record and goes on; a temporary file of a killed writer is removed."""
-    root = tmp_path / "data"
-    assert sdfl(*optimize_args(root)).returncode == 0
+    root = campaign_copy
     folder = experiment_path(root.resolve(), "c", "x").parent
     (victim,) = table_files(folder).parts  # the campaign's four experiments, compacted at its end
     victim.write_bytes(victim.read_bytes()[:500])  # truncated: a damaged disk, a copy cut short
