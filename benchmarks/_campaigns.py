@@ -197,7 +197,7 @@ class _Instrument:
     """Times the sampler and the experiment inside `flows.campaign_loop.run_campaign` (this process only).
 
     `samplers.build_sampler` (which every policy's sampler comes from) and
-    `flows.campaign_loop.conduct_experiment` are wrapped for the duration of a `with` block; nothing
+    `flows.reactors.conduct_experiment` (what a rig of this machine runs) are wrapped for the duration of a `with` block; nothing
     in the library is changed.
     """
 
@@ -205,10 +205,10 @@ class _Instrument:
         self.timers = timers
 
     def __enter__(self):
-        import flows.campaign_loop as campaign_module
+        import flows.reactors as reactors_module
         from tasks import samplers
 
-        self._saved = (samplers.build_sampler, campaign_module.conduct_experiment)
+        self._saved = (samplers.build_sampler, reactors_module.conduct_experiment)
         build_sampler, conduct = self._saved
         timers = self.timers
 
@@ -234,14 +234,14 @@ class _Instrument:
                 timers.experiment += time.perf_counter() - t0
 
         samplers.build_sampler = timed_build_sampler
-        campaign_module.conduct_experiment = timed_conduct
+        reactors_module.conduct_experiment = timed_conduct
         return self
 
     def __exit__(self, *exc):
-        import flows.campaign_loop as campaign_module
+        import flows.reactors as reactors_module
         from tasks import samplers
 
-        samplers.build_sampler, campaign_module.conduct_experiment = self._saved
+        samplers.build_sampler, reactors_module.conduct_experiment = self._saved
         return False
 
 

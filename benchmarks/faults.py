@@ -127,11 +127,11 @@ def run_job(job: Job) -> dict:
     logging.disable(logging.CRITICAL)
     import optuna
 
-    import flows.campaign_loop as loop_module
     import hardware.retry as retry_module
     from flows.campaign_loop import CampaignPlan, run_campaign
     from flows.experiment import PLAIN_STEPS
     from flows.operator import perform_refill
+    from flows.reactors import LocalReactor
     from hardware.errors import LabNotReady, SdflError, SdflInputError
     from hardware.platform import load_platform
     from hardware.rig import close_rig, open_rig
@@ -141,35 +141,38 @@ def run_job(job: Job) -> dict:
     root = tempfile.mkdtemp(prefix="sdfl-faults-")
     writes: dict[str, set] = {}
     counts = Counter()
-    original_write, original_conduct = storage.write_experiment, loop_module.conduct_experiment
+    original_write = storage.write_experiment
 
     def write(row, spectra, schema, campaign, data_root=None):
         writes.setdefault(row["experiment_id"], set()).add(row["started_at"])
         return original_write(row, spectra, schema, campaign, data_root)
 
-    def refill(rig, need) -> bool:
+    def refill(reactor, need) -> bool:
         """The operator refills what the campaign asks for."""
-        perform_refill(rig, need.pumps)
+        perform_refill(reactor.rig, need.pumps)
         return True
 
-    def conduct(rig, **kwargs):
-        counts["handed"] += 1
-        try:
-            return original_conduct(rig, **kwargs)
-        except (SdflInputError, LabNotReady) as exc:
-            if not storage.existing_record(kwargs["data_root"], kwargs["campaign"], kwargs["experiment_id"]):
-                counts["refused"] += 1  # stopped before anything moved: not an experiment
-                counts["refused as bad input" if isinstance(exc, SdflInputError) else "refill"] += 1
-            raise
-        except BaseException:
-            counts["unsafe"] += bool(unsafe_parts(rig.lab))
-            raise
+    class Counting(LocalReactor):
+        """The rig as the campaign sees it, counting what it is handed and how it ends."""
+
+        def conduct(self, **kwargs):
+            counts["handed"] += 1
+            try:
+                return super().conduct(**kwargs)
+            except (SdflInputError, LabNotReady) as exc:
+                if not storage.existing_record(kwargs["data_root"], kwargs["campaign"], kwargs["experiment_id"]):
+                    counts["refused"] += 1  # stopped before anything moved: not an experiment
+                    counts["refused as bad input" if isinstance(exc, SdflInputError) else "refill"] += 1
+                raise
+            except BaseException:
+                counts["unsafe"] += bool(unsafe_parts(self.rig.lab))
+                raise
 
     steps = dataclasses.replace(
         PLAIN_STEPS, record=write, levels=with_step_retries(PLAIN_STEPS.levels),
         reference=with_step_retries(PLAIN_STEPS.reference), equilibrate=with_step_retries(PLAIN_STEPS.equilibrate),
         acquire=with_step_retries(PLAIN_STEPS.acquire))
-    storage.write_experiment, loop_module.conduct_experiment = write, conduct
+    storage.write_experiment = write
     platform = load_platform(PLATFORM)
     close_rig(PLATFORM, job.seed)
     rig = open_rig(platform, job.seed)
@@ -179,11 +182,11 @@ def run_job(job: Job) -> dict:
     t0 = time.perf_counter()
     stopped_by = ""
     try:
-        run_campaign(rig, plan, steps, confirm_refill=refill)
+        run_campaign(Counting(rig, steps), plan, steps, confirm_refill=refill)
     except SdflError as exc:
         stopped_by = type(exc).__name__
     finally:
-        storage.write_experiment, loop_module.conduct_experiment = original_write, original_conduct
+        storage.write_experiment = original_write
     wall = time.perf_counter() - t0
     counts["unsafe"] += bool(unsafe_parts(rig.lab))
     rows = storage.read_experiments(root, "faults")

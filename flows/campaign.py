@@ -43,7 +43,7 @@ when started again)."""
 def ask_for_refill(campaign: str, reactors: int):
     """The campaign's refill step: a form in the Prefect UI (one reactor, with a server)."""
 
-    def confirm(rig, need: RefillNeeded) -> bool:
+    def confirm(reactor, need: RefillNeeded) -> bool:
         if reactors != 1 or not someone_can_answer():
             return False
         short = "\n".join(f"- **{pump}**: the next experiment needs {need_ul / 1000:.2f} mL, it holds "
@@ -56,7 +56,7 @@ def ask_for_refill(campaign: str, reactors: int):
                            refilled=True)
         if answer is None or not answer.refilled:
             return False
-        perform_refill(rig, need.pumps)
+        perform_refill(reactor.rig, need.pumps)  # a reactor of this machine: only its own syringes run short
         return True
 
     return confirm

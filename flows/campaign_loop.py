@@ -16,12 +16,14 @@ import contextvars
 import logging
 import math
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import TrialState
 from pyarrow import ArrowException
 
@@ -32,7 +34,8 @@ from flows.campaign_plan import (  # noqa: F401 - the campaign API, importable f
     plan_from,
     validate,
 )
-from flows.experiment import Steps, conduct_experiment
+from flows.experiment import Steps
+from flows.reactors import LocalReactor, Reactor, as_reactor
 from hardware.errors import (
     DataRootUnusable,
     FatalInstrumentError,
@@ -42,14 +45,15 @@ from hardware.errors import (
     SdflInputError,
 )
 from hardware.rig import Rig
-from tasks import choices, features, formulation, ledger, storage, targets
+from tasks import choices, features, formulation, ledger, liveness, storage, targets
 from tasks.objective import Objective
 from tasks.proposal import PolicySettings, design_conditions
 from tasks.records import experiment_row, now_utc
 from tasks.surrogate import from_unit, to_unit
 
-ConfirmRefill = Callable[[Rig, RefillNeeded], bool]
-"""Asked when a reactor's syringes run short: True once they were refilled (the loop goes on)."""
+ConfirmRefill = Callable[[LocalReactor, RefillNeeded], bool]
+"""Asked when a reactor's syringes run short (a reactor of this machine: `.rig` is its rig): True
+once they were refilled (the loop goes on)."""
 
 
 @dataclass
@@ -83,7 +87,7 @@ def _feasible(platform):
     return check
 
 
-def run_campaign(rig: Rig | list[Rig], plan: CampaignPlan, steps: Steps, on_progress=None,
+def run_campaign(rig: Rig | Reactor | list[Rig | Reactor], plan: CampaignPlan, steps: Steps, on_progress=None,
                  log: logging.Logger | logging.LoggerAdapter | None = None,
                  confirm_refill: ConfirmRefill | None = None) -> CampaignState:
     """The closed loop until the budget (or the explore target) is reached.
@@ -98,7 +102,7 @@ def run_campaign(rig: Rig | list[Rig], plan: CampaignPlan, steps: Steps, on_prog
     at the end with how to resume.
     """
     log = log or logging.getLogger(__name__)
-    rigs = rig if isinstance(rig, list) else [rig]
+    rigs = [as_reactor(r, steps) for r in (rig if isinstance(rig, list) else [rig])]
     if not rigs:
         raise SdflInputError("a campaign needs at least one reactor (rig)")
     platform = rigs[0].platform
@@ -128,8 +132,12 @@ def run_campaign(rig: Rig | list[Rig], plan: CampaignPlan, steps: Steps, on_prog
         state.policy_before = previous
         log.warning("campaign %s: resumed with policy %s; it ran with %s before (the experiments so far stay "
                     "as they were)", plan.campaign, plan.policy, previous)
-    state.reconciled = ledger.reconcile(study, plan.campaign, plan.data_root, objective, plan.in_flight,
-                                        record_failure=lambda trial, eid: _record_crashed(rigs[0], plan, trial, eid))
+    def settle(check_missing: bool = False):  # trials that no process runs any more (a crash)
+        return ledger.reconcile(study, plan.campaign, plan.data_root, objective, plan.in_flight,
+                                record_failure=lambda trial, eid: _record_crashed(rigs[0], plan, trial, eid),
+                                check_missing=check_missing)
+
+    state.reconciled = settle(check_missing=True)
     if state.reconciled.missing:
         log.warning("campaign %s: %d finished trial(s) have no record in the dataset (%s); restore those files "
                     "from a backup. The ledger still holds their results", plan.campaign,
@@ -139,19 +147,21 @@ def run_campaign(rig: Rig | list[Rig], plan: CampaignPlan, steps: Steps, on_prog
     if planned:
         seed = study.user_attrs.get("design_seed", plan.seed)
         ledger.ensure_design(study, design_conditions(platform, planned, seed))
-    loop = _Loop(study, plan, state, steps, objective, on_progress, log, confirm_refill)
-    try:
-        if len(rigs) == 1:
-            loop.serve(rigs[0])
-        else:
-            with ThreadPoolExecutor(len(rigs), thread_name_prefix="reactor") as pool:
-                # each reactor thread runs in a copy of this context (Prefect's flow run context)
-                futures = [pool.submit(contextvars.copy_context().run, loop.serve, r) for r in rigs]
-                for future in futures:
-                    future.result()
-    finally:
-        for r in rigs:
-            r.safe_state()
+    with liveness.Heartbeat(study) as beat:
+        loop = _Loop(study, plan, state, steps, objective, on_progress, log, confirm_refill, beat=beat, settle=settle)
+        try:
+            if len(rigs) == 1:
+                loop.serve(rigs[0])
+            else:
+                with ThreadPoolExecutor(len(rigs), thread_name_prefix="reactor") as pool:
+                    # each reactor thread runs in a copy of this context (Prefect's flow run context)
+                    futures = [pool.submit(contextvars.copy_context().run, loop.serve, r) for r in rigs]
+                    for future in futures:
+                        future.result()
+        finally:
+            for r in rigs:
+                r.make_safe()
+                r.release()
     if loop.fatal is not None:
         raise _resumable(loop.fatal, plan, len(ledger.finished(study)))
     _compact(plan, log, storage.compact_campaign)
@@ -195,14 +205,25 @@ def target_vectors(study) -> np.ndarray:
 
 
 class _Loop:
-    """The ask - run - tell loop, shared by the reactors of one campaign (ledger calls locked)."""
+    """The ask - run - tell loop, shared by the reactors of one campaign (ledger calls locked).
+
+    Other campaign processes may draw from the same study at the same time (one per reactor, on
+    several machines): the budget counts every process's running trials, a trial that no process
+    runs any more is settled by whoever notices (`settle`), and a design point that two processes
+    queued at once runs once.
+    """
 
     ID_COLLISIONS_MAX = 100
 
-    def __init__(self, study, plan, state, steps, objective, on_progress, log, confirm_refill=None):
+    def __init__(self, study, plan, state, steps, objective, on_progress, log, confirm_refill=None,
+                 beat: liveness.Heartbeat | None = None, settle=None):
         self.study, self.plan, self.state, self.steps = study, plan, state, steps
         self.objective, self.on_progress, self.log = objective, on_progress, log
         self.confirm_refill = confirm_refill
+        self.beat, self.settle = beat, settle
+        self.dangling: list = []
+        self.stopped_by_budget = False
+        self.url = ledger.storage_url(plan.data_root, plan.storage)
         self.lock = threading.Lock()
         self.running = 0
         self.stopped = False
@@ -213,10 +234,19 @@ class _Loop:
         with self.lock:
             if self.stopped:
                 return None
-            done = ledger.finished(self.study)
-            if len(done) + self.running >= self.plan.budget:
-                self.state.stopped_because = f"budget of {self.plan.budget} experiments reached"
-                return None
+            self._set_aside_dangling()
+            while True:
+                if self.settle is not None:
+                    self.settle()
+                done, live = ledger.finished(self.study), self._live()
+                if len(done) + len(live) < self.plan.budget:
+                    break
+                if self.running or not any(map(liveness.unclaimed, live)):
+                    self.state.stopped_because = f"budget of {self.plan.budget} experiments reached"
+                    return None
+                # A trial no one has claimed yet: another process's ask that is about to claim it, or
+                # one cut short, which counts as abandoned (and is set aside) UNCLAIMED_S after its start.
+                time.sleep(1.0)
             if (self.plan.target_r2 is not None and not self.running
                     and _target_reached(self.study, self.state.platform, self.plan, self.state, len(done))):
                 self.state.stopped_because = (f"held-out R^2 {self.state.holdout_r2:.3f} >= target "
@@ -231,57 +261,148 @@ class _Loop:
                     self.stopped = True
                     return None
             for _ in range(self.ID_COLLISIONS_MAX):
-                trial = self.study.ask(self.distributions)
-                experiment_id = ledger.experiment_id_for(self.plan.campaign, trial.number)
-                trial.set_user_attr("experiment_id", experiment_id)
-                if storage.existing_record(self.plan.data_root, self.plan.campaign, experiment_id) is None:
-                    self.running += 1
-                    return trial, experiment_id
-                # The dataset holds an experiment the ledger does not know: never overwrite it.
-                ledger.set_aside(self.study, trial, f"experiment id {experiment_id} is already recorded in the "
-                                 "dataset (a record this ledger does not know); the trial number was skipped")
-                self.log.warning("campaign %s: %s is already recorded; skipped that trial number",
-                                 self.plan.campaign, experiment_id)
+                with liveness.proposal_lock(self.url, self.plan.campaign):  # one proposal at a time
+                    trial = self.study.ask(self.distributions)
+                try:
+                    claimed = self._claim(trial)
+                except BaseException:
+                    self.dangling.append(trial)  # set aside at the next call, once the ledger answers again
+                    raise
+                if claimed is not None:
+                    return claimed
+                if self.stopped_by_budget:
+                    return None
             raise SdflInputError(f"campaign {self.plan.campaign!r}: {self.ID_COLLISIONS_MAX} trial numbers in a row "
                                  "are already recorded in the dataset; the ledger and the dataset do not belong "
                                  "together (check --storage and --data-root)")
 
-    def serve(self, rig: Rig) -> None:
+    def _claim(self, trial):
+        """(trial, experiment id) once `trial` is this run's to conduct; None when it was set aside
+        (a design point that runs elsewhere, an id the dataset already holds)."""
+        if self._duplicate_design(trial):
+            return None
+        experiment_id = ledger.experiment_id_for(self.plan.campaign, trial.number)
+        trial.set_user_attr("experiment_id", experiment_id)
+        if storage.existing_record(self.plan.data_root, self.plan.campaign, experiment_id) is None:
+            if self.beat is not None:
+                self.beat.claim(trial)
+            if self._beyond_budget(trial):  # another process took the last experiment meanwhile
+                ledger.set_aside(self.study, trial, "not run: the budget was taken by other reactors")
+                if self.beat is not None:
+                    self.beat.release(trial)
+                self.state.stopped_because = f"budget of {self.plan.budget} experiments reached"
+                self.stopped_by_budget = True
+                return None
+            self.running += 1
+            return trial, experiment_id
+        # The dataset holds an experiment the ledger does not know: never overwrite it.
+        ledger.set_aside(self.study, trial, f"experiment id {experiment_id} is already recorded in the "
+                         "dataset (a record this ledger does not know); the trial number was skipped")
+        self.log.warning("campaign %s: %s is already recorded; skipped that trial number",
+                         self.plan.campaign, experiment_id)
+        return None
+
+    def _set_aside_dangling(self) -> None:
+        """Trials asked for but not claimed because the ledger failed meanwhile: they never ran."""
+        while self.dangling:
+            trial = self.dangling[0]
+            if trial.number not in {t.number for t in self.study.get_trials(deepcopy=False,
+                                                                              states=(TrialState.RUNNING,))}:
+                self.dangling.pop(0)
+                continue
+            ledger.set_aside(self.study, trial, "not run: the campaign ledger failed while it was claimed",
+                             requeue="design_index" in trial.user_attrs)
+            if self.beat is not None:
+                self.beat.release(trial)
+            self.dangling.pop(0)
+
+    def _live(self) -> list:
+        """The trials some process runs now (this one's and the others')."""
+        return [t for t in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+                if not liveness.abandoned(t)]
+
+    def _beyond_budget(self, trial) -> bool:
+        """True when `trial` is not among the first `budget` claims: two processes that asked at the
+        same moment agree which of them backs off (the one with the higher trial number)."""
+        claims = sorted({t.number for t in [*ledger.finished(self.study), *self._live()]} | {trial.number})
+        return trial.number in claims[self.plan.budget:]
+
+    def _duplicate_design(self, trial) -> bool:
+        """A design point another process queued too, and that already ran or runs under a lower
+        trial number: told FAIL as not run (it spends no budget), not queued again."""
+        index = trial.user_attrs.get("design_index")
+        if index is None:
+            return False
+        ran = (TrialState.COMPLETE, TrialState.FAIL)
+        twins = [t for t in self.study.get_trials(deepcopy=False)
+                 if t.number != trial.number and t.user_attrs.get("design_index") == index
+                 and not t.user_attrs.get("not_run")
+                 and (t.state in ran or (t.state == TrialState.RUNNING and t.number < trial.number))]
+        if not twins:
+            return False
+        trial.set_user_attr("not_run", True)
+        trial.set_user_attr("failure_reason", f"design point {index} runs as trial {twins[0].number} (two campaign "
+                            "processes planned the design at once)")
+        self.study.tell(trial, state=TrialState.FAIL)
+        return True
+
+    def serve(self, rig: Reactor) -> None:
         """Run trials on `rig` until the campaign is done or this reactor cannot go on."""
-        while (claimed := self._next_trial()) is not None:
+        while (claimed := ledger.patiently(self._next_trial, self.log, "asking for the next condition")) is not None:
             trial, experiment_id = claimed
             try:
-                value, failure, row = _conduct(rig, self.plan, self.steps, trial, experiment_id, self.objective,
-                                               self.log)
-            except LabNotReady as exc:
-                with self.lock:
-                    ledger.set_aside(self.study, trial, f"not run: {type(exc).__name__}: {exc}")
-                    self.running -= 1
-                if isinstance(exc, RefillNeeded) and self._refilled(rig, exc):
-                    continue
-                self._stop(rig, exc, everyone=isinstance(exc, DataRootUnusable))
+                go_on = self._run(rig, trial, experiment_id)
+            finally:
+                if self.beat is not None:
+                    self.beat.release(trial)
+            if not go_on:
                 return
-            except (FatalInstrumentError, InstrumentError) as exc:
-                self._fail(trial, exc)
-                self._stop(rig, exc, everyone=self.plan.target_r2 is not None)
-                return  # the rig is safe and the experiment recorded; a person must look at it
-            except Exception as exc:  # the record could not be written, the ledger failed, or a bug
-                self._fail(trial, exc)
-                self._stop(rig, exc, everyone=True)
-                return
-            with self.lock:
-                if failure is not None:
-                    _tell_failure(self.study, trial, failure)
-                else:
-                    ledger.tell_completed(self.study, trial, value, self.objective, row)
-                    self.log.info("trial %d (%s): %s = %s", trial.number, experiment_id,
-                                  _what(self.objective), _show(value))
-                self.running -= 1
-                if self.on_progress is not None:
-                    self.on_progress(len(ledger.finished(self.study)), self.plan.budget, self.study)
             _compact(self.plan, self.log, lambda root, campaign: storage.compact_if_due(root, campaign, finish=False))
 
-    def _refilled(self, rig: Rig, need: RefillNeeded) -> bool:
+    def _run(self, rig: Reactor, trial, experiment_id: str) -> bool:
+        """Run one claimed trial and tell the study; False when this reactor must stop."""
+        try:
+            value, failure, row = _conduct(rig, self.plan, trial, experiment_id, self.objective, self.log)
+        except LabNotReady as exc:
+            with self.lock:
+                ledger.set_aside(self.study, trial, f"not run: {type(exc).__name__}: {exc}")
+                self.running -= 1
+            if isinstance(exc, RefillNeeded) and self._refilled(rig, exc):
+                return True
+            self._stop(rig, exc, everyone=isinstance(exc, DataRootUnusable))
+            return False
+        except (FatalInstrumentError, InstrumentError) as exc:
+            self._fail(trial, exc)
+            self._stop(rig, exc, everyone=self.plan.target_r2 is not None)
+            return False  # the rig is safe and the experiment recorded; a person must look at it
+        except Exception as exc:  # the record could not be written, the ledger failed, or a bug
+            self._fail(trial, exc)
+            self._stop(rig, exc, everyone=True)
+            return False
+        def tell() -> None:
+            if failure is not None:
+                _tell_failure(self.study, trial, failure)
+            else:
+                ledger.tell_completed(self.study, trial, value, self.objective, row)
+
+        with self.lock:
+            self.running -= 1
+            try:
+                ledger.patiently(tell, self.log, f"recording trial {trial.number}")
+                if failure is None:
+                    self.log.info("trial %d (%s): %s = %s", trial.number, experiment_id,
+                                  _what(self.objective), _show(value))
+            except (ValueError, UpdateFinishedTrialError) as exc:
+                # Settled by another process, which took it for abandoned (no heartbeat reached the
+                # database for longer than the grace period): it read the same record from the dataset.
+                self.log.warning("trial %d (%s) was settled by another campaign process meanwhile (%s); its "
+                                 "record is in the dataset", trial.number, experiment_id, exc)
+            if self.on_progress is not None:
+                done = ledger.patiently(lambda: len(ledger.finished(self.study)), self.log, "counting the trials")
+                self.on_progress(done, self.plan.budget, self.study)
+        return True
+
+    def _refilled(self, rig: Reactor, need: RefillNeeded) -> bool:
         """Ask for a refill; True when the syringes were refilled and the reactor can go on."""
         if self.confirm_refill is None:
             return False
@@ -301,7 +422,7 @@ class _Loop:
                 self.log.error("trial %d could not be told FAIL (%s); the next start settles it from the dataset",
                                trial.number, tell_error)
 
-    def _stop(self, rig: Rig, exc: BaseException, everyone: bool) -> None:
+    def _stop(self, rig: Reactor, exc: BaseException, everyone: bool) -> None:
         """This reactor stops (and every reactor, when `everyone`); the first cause is raised at the end."""
         with self.lock:
             self.fatal = self.fatal or exc
@@ -317,22 +438,16 @@ def _show(value) -> str:
     return ", ".join(f"{v:.5g}" for v in np.atleast_1d(value))
 
 
-def _conduct(rig, plan, steps, trial, experiment_id, objective, log):
+def _conduct(reactor: Reactor, plan, trial, experiment_id, objective, log):
     """Run one trial's experiment: (objective value or vector, None, row) or (nan, why it has no
     value, row or None).
 
-    Instrument errors propagate (the rig is already safe and the experiment recorded).
+    Other failures propagate (the reactor is already safe and the experiment recorded).
     """
-    run = getattr(rig, "conduct", None)  # a reactor on another machine (flows/remote.py)
     try:
-        if run is not None:
-            row = run(condition=dict(trial.params), campaign=plan.campaign, experiment_id=experiment_id,
-                      data_root=plan.data_root, seed=plan.seed)
-        else:
-            row = conduct_experiment(rig, condition=dict(trial.params), campaign=plan.campaign,
-                                     experiment_id=experiment_id, finish="hold", data_root=plan.data_root,
-                                     seed=plan.seed, steps=steps, log=log)
-    except SdflInputError as exc:  # an infeasible proposal is never run; record why and go on
+        row = reactor.conduct(condition=dict(trial.params), campaign=plan.campaign, experiment_id=experiment_id,
+                              data_root=plan.data_root, seed=plan.seed, log=log)
+    except SdflInputError as exc:  # a refused proposal is never run; record why and go on
         log.warning("trial %d not run: %s", trial.number, exc)
         return math.nan, exc, None
     value = objective(row)
@@ -346,13 +461,13 @@ def _tell_failure(study, trial, exc: BaseException) -> None:
     study.tell(trial, state=TrialState.FAIL)
 
 
-def _record_crashed(rig, plan, trial, experiment_id: str) -> None:
+def _record_crashed(reactor: Reactor, plan, trial, experiment_id: str) -> None:
     """A trial that was in flight when the process died: record it as crashed in the dataset."""
-    platform = rig.platform
+    platform = reactor.platform
     settings = features.FeatureSettings.from_config(platform.features)
     row = experiment_row(
         experiment_id=experiment_id, status="crashed", platform=platform, started_at=now_utc(),
-        t_platform_start_s=rig.clock.now(), t_platform_end_s=rig.clock.now(), condition=dict(trial.params),
+        t_platform_start_s=reactor.now(), t_platform_end_s=reactor.now(), condition=dict(trial.params),
         failure_reason="interrupted: the campaign process stopped during this experiment", seed=plan.seed,
     )
     storage.write_or_rescue(row, [], storage.experiment_schema(platform, features.feature_columns(settings)),

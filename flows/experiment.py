@@ -18,7 +18,7 @@ from prefect.runtime import flow_run as current_flow_run
 
 from flows.reactor import reactor_lock
 from flows.settings import ExperimentSettings, check_request, settings_flow
-from hardware.errors import LabNotReady, SdflInputError
+from hardware.errors import LabNotReady, SdflInputError, failure_kind
 from hardware.platform import DEFAULT_PLATFORM, PlatformConfig, load_platform
 from hardware.rig import Rig, open_rig
 from tasks import acquisition, equilibration, features, formulation, storage
@@ -259,6 +259,33 @@ def run_experiment(settings: ExperimentSettings) -> dict[str, Any]:
     (uL/min) and the temperature. finish "hold" keeps the pumps and heater on for a next
     experiment; "stop" leaves the rig in its safe state.
     """
+    run_id = current_flow_run.get_id()
+    try:
+        return _run_experiment(settings, run_id)
+    except Exception as exc:
+        _label_failure(run_id, exc)
+        raise
+
+
+FAILURE_KIND_LABEL = "sdfl.failure-kind"
+"""The flow run label that says what kind of failure ended a failed run (`hardware.errors.FailureKind`):
+how a campaign on another machine learns it, as data, not from the error's text."""
+
+
+def _label_failure(run_id: str | None, exc: BaseException) -> None:
+    if not run_id:
+        return
+    from prefect.client.orchestration import get_client
+
+    try:
+        with get_client(sync_client=True) as client:
+            client.update_flow_run_labels(run_id, {FAILURE_KIND_LABEL: str(failure_kind(exc))})
+    except Exception as label_error:  # noqa: BLE001 - the run's own failure is the one to report
+        logging.getLogger(__name__).warning("the failure kind of flow run %s was not labelled: %s", run_id,
+                                            label_error)
+
+
+def _run_experiment(settings: ExperimentSettings, run_id: str | None) -> dict[str, Any]:
     s = settings
     platform, campaign, data_root, seed = s.platform, s.campaign, s.data_root, s.seed
     flowrates_ul_min, temperature_c, replicates = s.flowrates_ul_min, s.temperature_c, s.replicates
@@ -266,7 +293,6 @@ def run_experiment(settings: ExperimentSettings) -> dict[str, Any]:
     logger = get_run_logger()
     config = load_platform(platform)
     condition = s.condition_on(config)
-    run_id = current_flow_run.get_id()
     # Bad input and an unusable data root are refused at once, not after waiting for the reactor.
     check_request(config, condition=condition, flowrates_ul_min=flowrates_ul_min, temperature_c=temperature_c,
                   campaign=campaign, experiment_id=experiment_id, replicates=replicates, finish=finish)

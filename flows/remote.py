@@ -10,21 +10,33 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass, field
-from typing import Any
 
+from flows.experiment import FAILURE_KIND_LABEL
 from hardware.clock import WallClock
-from hardware.errors import FatalInstrumentError, SdflInputError
+from hardware.errors import FailureKind, FatalInstrumentError, LabNotReady, SdflInputError
 from hardware.platform import PlatformConfig
 from tasks import storage
 
 
 class RemoteExperimentFailed(FatalInstrumentError):
-    """The reactor's flow run did not complete: its worker made the rig safe; look at its log."""
+    """The reactor's flow run did not complete: its worker made the rig safe; look at its log.
+
+    `kind` is what ended it (`hardware.errors.FailureKind`: instrument, fatal, crashed, error).
+    """
+
+    def __init__(self, instrument: str, message: str, kind: str = FailureKind.ERROR):
+        super().__init__(instrument, message)
+        self.kind = kind
+        self._parts = (instrument, message, kind)
+
+
+POLL_S = 1.0
+"""How often the campaign asks the server whether the reactor's flow run has finished."""
 
 
 @dataclass
 class DeploymentReactor:
-    """A reactor reached through its deployment, e.g. `run-experiment/reactor-2`."""
+    """A reactor reached through its deployment, e.g. `run-experiment/reactor-2` (a `Reactor`)."""
 
     deployment: str
     platform: PlatformConfig
@@ -33,7 +45,8 @@ class DeploymentReactor:
     timeout_s: float | None = None
     clock: WallClock = field(default_factory=WallClock)
     lock: threading.RLock = field(default_factory=threading.RLock)
-    lab: Any = None
+    """What the campaign flow holds while it runs (nothing to wait for: the reactor's own flow
+    runs take its lock on its machine)."""
 
     @property
     def name(self) -> str:
@@ -59,17 +72,28 @@ class DeploymentReactor:
                                  "takes experiments through a run-experiment deployment")
         return self
 
-    def safe_state(self) -> list[str]:
+    def make_safe(self) -> list[str]:
         """Nothing to do here: the reactor's worker and its flow hooks keep its rig safe."""
         return []
 
+    def release(self) -> None:
+        """Nothing held here: each experiment's flow run takes and frees the reactor on its machine."""
+
+    def now(self) -> float:
+        return self.clock.now()
+
     def conduct(self, *, condition: dict[str, float], campaign: str, experiment_id: str, data_root: str | None,
-                seed: int | None, **_: Any) -> dict:
-        """Run one experiment as a flow run of the deployment and return its recorded row."""
+                seed: int | None, log=None) -> dict:
+        """Run one experiment as a flow run of the deployment and return its recorded row.
+
+        A failed run raises by the kind its flow run was labelled with: a refused condition as
+        SdflInputError, a lab not ready as LabNotReady, anything else (and a run that died
+        without a label: its worker was killed) as RemoteExperimentFailed.
+        """
         from prefect.deployments import run_deployment
 
         root = storage.data_root(data_root).resolve()
-        run = run_deployment(self.deployment, timeout=self.timeout_s, parameters={
+        run = run_deployment(self.deployment, timeout=self.timeout_s, poll_interval=POLL_S, parameters={
             # the reactor's own platform is the deployment's default parameter
             "condition": condition, "campaign": campaign,
             "experiment_id": experiment_id, "data_root": str(root), "finish": "hold", "seed": seed,
@@ -78,9 +102,15 @@ class DeploymentReactor:
         state = run.state
         if state is not None and state.is_completed() and mine is not None:
             return mine
+        ended = state.type.value if state is not None else "without a state"
+        kind = (run.labels or {}).get(FAILURE_KIND_LABEL) or (
+            FailureKind.CRASHED if state is not None and (state.is_crashed() or state.is_cancelled())
+            else FailureKind.ERROR)
         reason = mine["failure_reason"] if mine is not None else (state.message if state else "no state")
-        if "InfeasibleCondition" in str(reason) or "InvalidCondition" in str(reason):
+        if kind == FailureKind.REFUSED:
             raise SdflInputError(f"{self.deployment}: {reason}")
+        if kind == FailureKind.NOT_READY:
+            raise LabNotReady(f"{self.deployment}: {reason}")
         raise RemoteExperimentFailed(self.deployment, (
-            f"flow run {run.id} ended {state.type.value if state else 'without a state'}: {reason}. "
-            "The worker has made its rig safe; see the run's log in the Prefect UI"))
+            f"flow run {run.id} ended {ended} ({kind}): {reason}. The worker has made its rig safe; see the "
+            "run's log in the Prefect UI"), kind=kind)

@@ -7,6 +7,8 @@ rig must be put in its safe state, and `SdflInputError` means the input was wron
 
 from __future__ import annotations
 
+from enum import StrEnum
+
 
 class SdflError(Exception):
     """Base class of every sdfl error."""
@@ -204,3 +206,37 @@ class LedgerUnusable(SdflError):
 
 class TemporaryServerDidNotStart(SdflError):
     """Prefect's temporary API server did not start, so no flow could run; nothing was run."""
+
+
+# --- failure kinds: what a campaign does about a failed experiment, as data ------------------------
+
+
+class FailureKind(StrEnum):
+    """What kind of failure ended an experiment; it decides what the campaign does next, and it
+    crosses process boundaries as this text (a reactor on another machine reports it)."""
+
+    REFUSED = "refused"
+    """The request was wrong for the platform (a condition outside its rules); nothing ran. The
+    campaign records it against the condition and goes on."""
+    NOT_READY = "not_ready"
+    """A person must act before the next experiment (refill, data root); nothing ran, no budget spent."""
+    INSTRUMENT = "instrument"
+    """An instrument failed (the rig was made safe, the experiment recorded as failed)."""
+    FATAL = "fatal"
+    """An instrument failure that needs a person at the rig."""
+    CRASHED = "crashed"
+    """The process that ran the experiment died with it (the worker lost power, was killed)."""
+    ERROR = "error"
+    """Anything else: a record that could not be written, a bug."""
+
+
+def failure_kind(exc: BaseException) -> FailureKind:
+    """The kind of failure `exc` is."""
+    for kind, errors in _KINDS:
+        if isinstance(exc, errors):
+            return kind
+    return FailureKind.ERROR
+
+
+_KINDS = ((FailureKind.REFUSED, SdflInputError), (FailureKind.NOT_READY, LabNotReady),
+          (FailureKind.FATAL, FatalInstrumentError), (FailureKind.INSTRUMENT, InstrumentError))

@@ -12,8 +12,10 @@ each run, so a resume with another policy can say so.
 
 from __future__ import annotations
 
+import functools
 import math
 import os
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -21,12 +23,14 @@ import numpy as np
 import optuna
 import pandas as pd
 from optuna.distributions import FloatDistribution
+from optuna.exceptions import UpdateFinishedTrialError
 from optuna.samplers import BaseSampler
 from optuna.trial import FrozenTrial, TrialState
 
 from hardware.errors import LedgerUnusable, SdflInputError
 from hardware.platform import PlatformConfig
 from hardware.units import with_unit
+from tasks import liveness
 from tasks.storage import data_root, experiment_ids, read_experiment, read_experiments
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -39,6 +43,51 @@ def storage_url(root: str | os.PathLike | None = None, url: str | None = None) -
     path = data_root(root) / "optuna.db"
     path.parent.mkdir(parents=True, exist_ok=True)
     return f"sqlite:///{path}"
+
+
+def study_storage(url: str) -> str | optuna.storages.RDBStorage:
+    """What Optuna opens the studies of `url` with: an SQLite file as the URL (opened afresh each
+    time: a file moved aside is never written through an old connection), a database server
+    through one storage per process whose connections are checked before use, so a campaign goes
+    on after PostgreSQL restarted under it."""
+    return url if url.startswith("sqlite") else _server_storage(url)
+
+
+@functools.lru_cache(maxsize=8)
+def _server_storage(url: str) -> optuna.storages.RDBStorage:
+    # The first process to open a new database creates Optuna's tables; campaign processes that
+    # start at the same moment would race to create them (PostgreSQL refuses the second), so
+    # they take turns.
+    with liveness.database_lock(url, "sdfl: optuna tables"):
+        return optuna.storages.RDBStorage(url, engine_kwargs={"pool_pre_ping": True})
+
+
+UNREACHABLE_WAIT_S = 300.0
+"""How long a campaign waits for its ledger's database server to come back (a restart) before it stops."""
+
+
+def patiently(call, log, doing: str, wait_s: float = UNREACHABLE_WAIT_S):
+    """`call()`, tried again while the ledger's database server cannot be reached (a restart, a
+    network blip), for up to `wait_s`; then its error is raised (the campaign stops and resumes
+    when started again)."""
+    from optuna.exceptions import StorageInternalError
+    from sqlalchemy.exc import InterfaceError, OperationalError
+
+    unreachable = (OperationalError, InterfaceError)
+    deadline, delay = time.monotonic() + wait_s, 1.0
+    while True:
+        try:
+            return call()
+        except (*unreachable, StorageInternalError) as exc:
+            # Optuna wraps what the database driver raised; only a lost connection is waited for
+            lost = exc if isinstance(exc, unreachable) else exc.__cause__
+            if not isinstance(lost, unreachable) or time.monotonic() + delay > deadline:
+                raise
+            exc = lost
+            log.warning("the campaign ledger cannot be reached while %s (%s); trying again in %.0f s", doing,
+                        str(getattr(exc, "orig", None) or exc).splitlines()[0], delay)
+            time.sleep(delay)
+            delay = min(2 * delay, 15.0)
 
 
 def distributions(platform: PlatformConfig) -> dict[str, FloatDistribution]:
@@ -74,10 +123,10 @@ def all_summaries(url: str) -> list:
     from sqlalchemy.exc import NoSuchModuleError, SQLAlchemyError
 
     try:
-        return optuna.get_all_study_summaries(url)
+        return optuna.get_all_study_summaries(study_storage(url))
     except (NoSuchModuleError, ModuleNotFoundError, ImportError) as exc:
         raise SdflInputError(f"storage {url!r}: its database driver is not installed ({exc}); install it "
-                             "(e.g. pip install psycopg) or use an sqlite:/// URL") from None
+                             "(for PostgreSQL: pip install 'sdfl[postgres]') or use an sqlite:/// URL") from None
     except (SQLAlchemyError, OSError) as exc:
         raise LedgerUnusable(_ledger_fix(url, exc)) from None
 
@@ -106,12 +155,12 @@ def open_study(campaign: str, platform: PlatformConfig, objective: str, storage:
     directions = list(directions or ["maximize"])
     existing = {s.study_name for s in all_summaries(storage)}
     if campaign in existing:
-        study = optuna.load_study(study_name=campaign, storage=storage, sampler=sampler)
+        study = optuna.load_study(study_name=campaign, storage=study_storage(storage), sampler=sampler)
         if "space" in study.user_attrs or study.get_trials(deepcopy=False):
             _check_same(study, campaign, platform, objective, directions)
             return study, False
     else:
-        study = optuna.create_study(study_name=campaign, storage=storage, sampler=sampler,
+        study = optuna.create_study(study_name=campaign, storage=study_storage(storage), sampler=sampler,
                                     directions=directions, load_if_exists=True)
     study.set_user_attr("platform", platform.platform.name)
     study.set_user_attr("objective", objective)
@@ -334,14 +383,15 @@ def finished(study: optuna.Study) -> list[FrozenTrial]:
             if not t.user_attrs.get("not_run")]
 
 
-def set_aside(study: optuna.Study, trial, reason: str) -> None:
+def set_aside(study: optuna.Study, trial, reason: str, requeue: bool = True) -> None:
     """A trial whose experiment never started because the lab was not ready: told FAIL, marked
-    `not_run` (it spends no budget) and its condition queued again for when the lab is ready."""
+    `not_run` (it spends no budget) and, with `requeue`, its condition queued again for when the
+    lab is ready."""
     trial.set_user_attr("failure_reason", reason[:2000])
     trial.set_user_attr("not_run", True)
     params = dict(trial.params)
     study.tell(trial, state=TrialState.FAIL)
-    if params:
+    if params and requeue:
         study.enqueue_trial(params, user_attrs={"rerun_of": trial.number})
 
 
@@ -352,11 +402,18 @@ class Reconciled:
     rerun: list[int]
     missing: list[int] = field(default_factory=list)
     """Finished trials whose experiment record is not in the dataset (deleted or set aside)."""
+    unrun: list[int] = field(default_factory=list)
+    """Trials no process had claimed (`liveness.unclaimed`) and with no record: set aside, their
+    condition queued again; nothing is written to the dataset for them."""
 
 
 def reconcile(study: optuna.Study, campaign: str, root, objective_fn, in_flight: str = "fail",
-              record_failure=None) -> Reconciled:
+              record_failure=None, check_missing: bool = True) -> Reconciled:
     """Settle trials left RUNNING by a crash, from what the dataset says happened.
+
+    Only abandoned trials are settled (`tasks.liveness`): a trial that another campaign process
+    still runs is left to it. Two processes settling the same trial at once is harmless: the
+    second one's tell is refused and skipped.
 
     - a completed experiment row: told COMPLETE with its objective, a single value or a target's
       vector (it finished; the tell was lost);
@@ -365,36 +422,55 @@ def reconcile(study: optuna.Study, campaign: str, root, objective_fn, in_flight:
       trial is told FAIL, and with in_flight="rerun" its condition is queued again.
 
     Completed trials whose record is gone from the dataset are listed in `missing` (the caller
-    reports them: restore the files from a backup; the study still holds their values).
+    reports them: restore the files from a backup; the study still holds their values), when
+    `check_missing`.
     """
     if in_flight not in ("fail", "rerun"):
         raise SdflInputError(f"in_flight must be 'fail' or 'rerun', got {in_flight!r}")
     out = Reconciled([], [], [])
+    now = time.time()
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        experiment_id = trial.user_attrs.get("experiment_id") or experiment_id_for(campaign, trial.number)
-        row = read_experiment(root, campaign, experiment_id)  # opens that experiment's file only
-        # A still-running trial can be reopened by id to annotate it before it is told.
-        handle = optuna.trial.Trial(study, trial._trial_id)
-        if row is not None and row["status"] == "completed":
-            values = objective_fn(row)
-            if is_number(values):
-                tell_completed(study, handle, values, objective_fn, row)
-                out.completed.append(trial.number)
-                continue
-            handle.set_user_attr("failure_reason", "the recorded experiment gives no number for the objective")
-        else:
-            if row is None and record_failure is not None:
-                record_failure(trial, experiment_id)
-            handle.set_user_attr("failure_reason", "interrupted: the process stopped mid-experiment")
-        study.tell(trial.number, state=TrialState.FAIL)
-        out.failed.append(trial.number)
-        if in_flight == "rerun" and trial.params and (row is None or row["status"] != "completed"):
-            study.enqueue_trial(dict(trial.params), user_attrs={"rerun_of": trial.number})
-            out.rerun.append(trial.number)
-    recorded = experiment_ids(root, campaign)  # names of files, no rows read
-    out.missing = [t.number for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-                   if t.user_attrs.get("experiment_id", experiment_id_for(campaign, t.number)) not in recorded]
+        if not liveness.abandoned(trial, now):
+            continue
+        try:
+            _settle(study, trial, campaign, root, objective_fn, in_flight, record_failure, out)
+        except (ValueError, UpdateFinishedTrialError):  # another process settled it first
+            continue
+    if check_missing:
+        recorded = experiment_ids(root, campaign)  # names of files, no rows read
+        out.missing = [t.number for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+                       if t.user_attrs.get("experiment_id", experiment_id_for(campaign, t.number)) not in recorded]
     return out
+
+
+def _settle(study, trial, campaign, root, objective_fn, in_flight, record_failure, out: Reconciled) -> None:
+    """Settle one abandoned trial (see `reconcile`)."""
+    experiment_id = trial.user_attrs.get("experiment_id") or experiment_id_for(campaign, trial.number)
+    row = read_experiment(root, campaign, experiment_id)  # opens that experiment's file only
+    # A still-running trial can be reopened by id to annotate it before it is told.
+    handle = optuna.trial.Trial(study, trial._trial_id)
+    if row is not None and row["status"] == "completed":
+        values = objective_fn(row)
+        if is_number(values):
+            tell_completed(study, handle, values, objective_fn, row)
+            out.completed.append(trial.number)
+            return
+        handle.set_user_attr("failure_reason", "the recorded experiment gives no number for the objective")
+    elif row is None and liveness.unclaimed(trial):
+        # a design point is queued again whole; a proposal cut short may hold part of its condition only
+        set_aside(study, handle, "not run: its proposal was cut short (the campaign process or its database went "
+                  "away) before any experiment started", requeue="design_index" in trial.user_attrs)
+        out.unrun.append(trial.number)
+        return
+    else:
+        if row is None and record_failure is not None:
+            record_failure(trial, experiment_id)
+        handle.set_user_attr("failure_reason", "interrupted: the process stopped mid-experiment")
+    study.tell(trial.number, state=TrialState.FAIL)
+    out.failed.append(trial.number)
+    if in_flight == "rerun" and trial.params and (row is None or row["status"] != "completed"):
+        study.enqueue_trial(dict(trial.params), user_attrs={"rerun_of": trial.number})
+        out.rerun.append(trial.number)
 
 
 def prior_from_campaign(root, campaign: str, platform: PlatformConfig, objective_fn) -> tuple[np.ndarray, np.ndarray]:

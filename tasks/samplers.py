@@ -76,10 +76,11 @@ class ProposalSampler(BaseSampler):
         return self._fallback.sample_independent(study, trial, param_name, param_distribution)
 
     def _pending(self, study, trial) -> np.ndarray:
-        """The other running trials' conditions as unit-cube points (n, d)."""
+        """The other running trials' conditions as unit-cube points (n, d). A trial whose ask was cut
+        short may hold part of a condition: it is not running anything, and is left out."""
         names = self.platform.parameter_names
         running = [t for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
-                   if t.number != trial.number and t.params]
+                   if t.number != trial.number and all(n in t.params for n in names)]
         if not running:
             return np.empty((0, len(names)))
         return to_unit(self.platform, [[t.params[n] for n in names] for t in running])

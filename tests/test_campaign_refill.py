@@ -65,8 +65,9 @@ def test_a_refill_callback_lets_the_campaign_finish_its_budget(platform, tmp_pat
     short_of_carrier(rig, 2.6)
     asked = []
 
-    def operator(rig, need: RefillNeeded) -> bool:
+    def operator(reactor, need: RefillNeeded) -> bool:
         asked.append(need.pumps)
+        assert reactor.rig is rig
         assert not any(p.status().running for p in rig.lab.pumps.values())  # stopped before anyone refills
         perform_refill(rig, need.pumps)
         return True
