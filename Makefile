@@ -14,11 +14,18 @@ PORT ?= 4200
 PREFECT_LOCAL := $(CURDIR)/.prefect
 LOCAL := $(BIN)/python deployments/local.py --home $(PREFECT_LOCAL) --host $(HOST) --port $(PORT)
 
+# `make server DB=postgresql+asyncpg://user:password@host:5432/prefect`: the server on a lab's PostgreSQL
+# (docs/lab.md); empty keeps Prefect's SQLite file in .prefect/. `make postgres` runs a PostgreSQL of
+# this machine's own (in .prefect/postgres, port PG_PORT) to try the lab's set-up on one machine.
+DB ?=
+PG_PORT ?= 5433
+PG_FOLDER := $(PREFECT_LOCAL)/postgres
+
 # The Optuna dashboard over the campaigns' studies (the SQLite file under the data root).
 DATA ?= $(or $(SDFL_DATA_ROOT),data)
 DASHBOARD_PORT ?= 8080
 
-.PHONY: demo test install browser bench clean-data lint server deploy worker ui-stop dashboard
+.PHONY: demo test install browser postgresql postgres postgres-stop bench clean-data lint server deploy worker ui-stop dashboard
 
 server deploy worker ui-stop: export PREFECT_API_URL := http://$(HOST):$(PORT)/api
 server deploy worker ui-stop: export PREFECT_HOME := $(PREFECT_LOCAL)
@@ -28,7 +35,7 @@ install: $(STAMP)
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	@$(BIN)/python -m pip install --quiet --disable-pip-version-check --upgrade "pip>=24"
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev,dashboard]'
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev,dashboard,postgres]'
 	@touch $(STAMP)
 
 demo: $(STAMP)
@@ -37,7 +44,7 @@ demo: $(STAMP)
 # Two test processes; each module runs whole in one of them (module fixtures are set up once), and the
 # tests on the shared Prefect server form one group that starts first. TEST_WORKERS=0 runs them in one.
 TEST_WORKERS ?= 2
-test: $(STAMP) browser
+test: $(STAMP) browser postgresql
 	$(BIN)/python -m pytest $(if $(filter-out 0,$(TEST_WORKERS)),-n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder)
 
 # The browser test of the Prefect UI needs Chromium: Debian's package, installed when missing and
@@ -50,6 +57,23 @@ browser:
 	      || echo "chromium could not be installed: the browser test will be skipped"; \
 	  else echo "chromium is missing and cannot be installed here (needs root and apt-get): the browser test will be skipped"; fi; }
 
+# The tests of the lab's multi-machine set-up run a PostgreSQL cluster of their own from Debian's
+# server programs: installed when missing and this runs as root with apt-get; elsewhere those tests
+# say why they were skipped.
+postgresql:
+	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "installing Debian's postgresql for the tests of the lab set-up"; \
+	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null) \
+	      || echo "postgresql could not be installed: the PostgreSQL tests will be skipped"; \
+	  else echo "postgresql is missing and cannot be installed here (needs root and apt-get): the PostgreSQL tests will be skipped"; fi; }
+
+postgres: $(STAMP) postgresql
+	@$(BIN)/python deployments/postgres.py start --folder $(PG_FOLDER) --port $(PG_PORT)
+
+postgres-stop:
+	@if test -x $(BIN)/python; then $(BIN)/python deployments/postgres.py stop --folder $(PG_FOLDER); fi
+
 bench: $(STAMP)
 	$(BIN)/python benchmarks/features.py
 	$(BIN)/python benchmarks/experiment.py
@@ -58,7 +82,7 @@ lint: $(STAMP)
 	$(BIN)/ruff check hardware tasks flows tests benchmarks deployments
 
 server: $(STAMP)
-	@$(LOCAL) server
+	@$(LOCAL) server $(if $(DB),--database '$(DB)')
 
 deploy: $(STAMP)
 	@$(LOCAL) deploy

@@ -24,11 +24,22 @@ TAG = "SDFL_LOCAL_PREFECT"
 LEASES_ON_DISK = "prefect.server.concurrency.lease_storage.filesystem"
 
 
+HEARTBEAT_S = 30
+"""Seconds between a flow run's heartbeats (Prefect's shortest)."""
+SILENCE_S = 60
+"""A flow run whose heartbeat stops for this long is marked Crashed (`ensure_crash_automation`)."""
+CRASH_AUTOMATION = "sdfl: mark flow runs that stopped beating as crashed"
+
+
 def environment(home: Path, api_url: str, **extra: str) -> dict[str, str]:
     """The environment of everything started against the local server."""
     env = {**os.environ, "PREFECT_HOME": str(home), "PREFECT_API_URL": api_url,
            "PREFECT_SERVER_ANALYTICS_ENABLED": "false", TAG: str(home), **extra}
     env.setdefault("PREFECT_WORKER_QUERY_SECONDS", "2")  # pick up a run within ~2 s (default 10)
+    env.setdefault("PREFECT_FLOWS_HEARTBEAT_FREQUENCY", str(HEARTBEAT_S))  # flow runs of the workers beat
+    # While the server's database restarts, the server answers 500 (its transaction rolled back):
+    # the clients ask again, with back-off, as they do for 502 and 503, instead of failing the run.
+    env.setdefault("PREFECT_CLIENT_RETRY_EXTRA_CODES", "500")
     return env
 
 
@@ -95,11 +106,18 @@ def wait_healthy(api_url: str, timeout_s: float = 120.0, process: subprocess.Pop
     return time.monotonic() - started
 
 
-def start_server(home: Path, host: str, port: int, **extra_env: str) -> subprocess.Popen | None:
-    """`prefect server start` in the background, then wait until healthy. None if already up."""
+def start_server(home: Path, host: str, port: int, database: str | None = None,
+                 **extra_env: str) -> subprocess.Popen | None:
+    """`prefect server start` in the background, then wait until healthy. None if already up.
+
+    `database`: the server's database URL (`postgresql+asyncpg://user:password@host:5432/prefect`
+    for a lab); None keeps Prefect's SQLite file in `home`.
+    """
     api_url = f"http://{host}:{port}/api"
     if running("server", home) and healthy(api_url):
         return None
+    if database:
+        extra_env["PREFECT_API_DATABASE_CONNECTION_URL"] = database
     # Leases on disk, not in memory: a run that holds a reactor when the server stops has its slot
     # freed when its lease expires after the restart, instead of keeping the reactor taken for ever.
     env = environment(home, api_url, PREFECT_SERVER_CONCURRENCY_LEASE_STORAGE=LEASES_ON_DISK, **extra_env)
@@ -141,6 +159,65 @@ def prepare(names: list[str]) -> list[str]:
                 done.append(f"work pool reactor-{name} exists")
             created = ensure_reactor_limit(name)
             done.append(f"concurrency limit {limit_name(name)} {'created' if created else 'exists'}")
+    done.append(f"automation '{CRASH_AUTOMATION}' {'created' if ensure_crash_automation() else 'exists'}")
+    return done
+
+
+def ensure_crash_automation(silence_s: int = SILENCE_S) -> bool:
+    """The server's automation that marks a flow run Crashed when its heartbeat stops (its
+    worker's machine died, or it was killed): after a heartbeat, the next one, or the run's end,
+    is expected within `silence_s`. A run paused for an operator (a manufacturing lot waiting for
+    a decision) has said so with its Paused event and is never caught. True if it was created."""
+    from datetime import timedelta
+
+    from prefect.automations import Automation
+    from prefect.client.schemas.objects import StateType
+    from prefect.events.actions import ChangeFlowRunState
+    from prefect.events.schemas.automations import EventTrigger, Posture
+    from prefect.events.schemas.events import ResourceSpecification
+
+    try:
+        Automation.read(name=CRASH_AUTOMATION)
+        return False
+    except ValueError:  # not there yet
+        pass
+    Automation(
+        name=CRASH_AUTOMATION,
+        description=(f"A flow run with no heartbeat for {silence_s} s (its process or machine died) is marked "
+                     "Crashed, so it no longer shows as Running and its campaign can be resumed."),
+        trigger=EventTrigger(
+            after={"prefect.flow-run.heartbeat"},
+            expect={"prefect.flow-run.heartbeat", "prefect.flow-run.Completed", "prefect.flow-run.Failed",
+                    "prefect.flow-run.Cancelled", "prefect.flow-run.Crashed", "prefect.flow-run.Paused"},
+            match=ResourceSpecification({"prefect.resource.id": ["prefect.flow-run.*"]}),
+            for_each={"prefect.resource.id"},
+            posture=Posture.Proactive,
+            threshold=1,
+            within=timedelta(seconds=silence_s),
+        ),
+        actions=[ChangeFlowRunState(state=StateType.CRASHED, message=(
+            f"no heartbeat for {silence_s} s: the flow run's process or its machine stopped"))],
+    ).create()
+    return True
+
+
+def deploy_reactors(platforms: dict[str, str]) -> list[str]:
+    """For each reactor (name -> its platform, a shipped name or a file on the worker's machine):
+    its pool, lock and the crash automation (`prepare`), and its `optimize` and `run-experiment`
+    deployments on its pool, named after it. What prefect.yaml's entries do, without the file:
+    for a lab that adds rigs from Python, and for the tests and benchmarks of several workers."""
+    from prefect.deployments.runner import EntrypointType
+
+    sys.path.insert(0, str(REPO))
+    from flows.campaign import optimize
+    from flows.experiment import run_experiment
+
+    done = prepare(sorted(platforms))
+    for name, platform in platforms.items():
+        for flow in (optimize, run_experiment):
+            flow.to_deployment(name=name, work_pool_name=f"reactor-{name}", parameters={"platform": platform},
+                               entrypoint_type=EntrypointType.MODULE_PATH).apply()
+            done.append(f"deployment {flow.name}/{name} on pool reactor-{name}")
     return done
 
 
@@ -258,6 +335,16 @@ def _signal(pid: int, sig: int, group: bool) -> None:
         pass
 
 
+def _shown(url: str) -> str:
+    """A database URL without its password."""
+    from sqlalchemy.engine import make_url
+
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:  # noqa: BLE001 - a URL the server will refuse with its own message
+        return url
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="deployments/local.py", description=__doc__.splitlines()[0])
     parser.add_argument("command", choices=["server", "deploy", "worker", "stop"])
@@ -265,13 +352,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=4200)
     parser.add_argument("--reactor", help="worker: this reactor only (default: every reactor of prefect.yaml)")
+    parser.add_argument("--database", default=os.environ.get("PREFECT_API_DATABASE_CONNECTION_URL") or None,
+                        help="server: its database URL, e.g. postgresql+asyncpg://sdfl@127.0.0.1:5433/prefect "
+                             "(default: an SQLite file in --home)")
     args = parser.parse_args(argv)
     home = args.home.resolve()
     api_url = f"http://{args.host}:{args.port}/api"
     if args.command == "server":
-        started = start_server(home, args.host, args.port)
+        started = start_server(home, args.host, args.port, database=args.database)
+        where = _shown(args.database) if args.database else f"SQLite in {home}"
         print(f"Prefect server {'started' if started else 'already running'}: UI http://{args.host}:{args.port}, "
-              f"API {api_url}; log {home / 'server.log'}")
+              f"API {api_url}, database {where}; log {home / 'server.log'}")
     elif args.command == "deploy":
         if not healthy(api_url):
             raise SystemExit(f"no Prefect server at {api_url}: run `make server` first")

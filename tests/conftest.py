@@ -28,6 +28,36 @@ def prefect_harness(tmp_path_factory):
             yield
 
 
+@pytest.fixture(scope="session")
+def postgres():
+    """A throw-away PostgreSQL cluster for the session (deployments/postgres.py: Debian's server
+    programs, a temporary folder, a free loopback port), with databases `prefect` and `optuna`.
+    Skipped, saying why, where PostgreSQL is not installed (`make test` installs it as root)."""
+    import importlib.util
+    import sys
+    import tempfile
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location("sdfl_postgres", Path(REPO_DIR) / "deployments" / "postgres.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclass looks its module up
+    spec.loader.exec_module(module)
+    try:
+        module.bindir()
+    except module.PostgresMissing as exc:
+        pytest.skip(str(exc))
+    folder = Path(tempfile.mkdtemp(prefix="sdfl-postgres-"))  # not under pytest's private folder:
+    folder.chmod(0o755)  # run as root, the cluster belongs to the system user postgres
+    cluster = module.create(folder / "cluster")
+    try:
+        yield cluster
+    finally:
+        cluster.stop("immediate")
+        import shutil
+
+        shutil.rmtree(folder, ignore_errors=True)
+
+
 @pytest.fixture(scope="session", autouse=True)
 def private_reactor_locks(tmp_path_factory):
     """Reactor locks of this test session only, never the machine-wide ones of a user's runs

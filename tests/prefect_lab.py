@@ -63,15 +63,17 @@ class Lab:
     def start_worker(self) -> None:
         self.processes.append(local.start_worker(self.home, self.api, REACTOR, PREFECT_WORKER_QUERY_SECONDS="1"))
 
-    def deployment(self, flow_name: str) -> dict:
+    def deployment(self, flow_name: str, name: str | None = None) -> dict:
+        """The deployment of `flow_name` (named `name`, where the flow has several)."""
         flows = {f["id"]: f["name"] for f in self.http.post("/flows/filter", json={}).json()}
-        found = [d for d in self.http.post("/deployments/filter", json={}).json() if flows[d["flow_id"]] == flow_name]
+        found = [d for d in self.http.post("/deployments/filter", json={}).json()
+                 if flows[d["flow_id"]] == flow_name and name in (None, d["name"])]
         assert len(found) == 1, found
         return found[0]
 
-    def trigger(self, flow_name: str, parameters: dict, **extra) -> httpx.Response:
+    def trigger(self, flow_name: str, parameters: dict, name: str | None = None, **extra) -> httpx.Response:
         """What the UI's "Run" form sends."""
-        deployment = self.deployment(flow_name)
+        deployment = self.deployment(flow_name, name)
         return self.http.post(f"/deployments/{deployment['id']}/create_flow_run",
                               json={"parameters": parameters, **extra})
 
@@ -90,8 +92,17 @@ class Lab:
                                                     "sort": "TIMESTAMP_ASC", "limit": 200}).json()
         return "\n".join(entry["message"] for entry in logs)
 
-    def reactor_slots(self) -> int:
-        return self.http.get(f"/v2/concurrency_limits/reactor-{REACTOR}").json()["active_slots"]
+    def restart_server(self) -> float:
+        """Stop the server (SIGTERM, as a service manager does) and start it again with the same
+        settings; returns the seconds it was away. Only for a lab that knows them (`server`)."""
+        pid = local.running("server", self.home)
+        started = time.monotonic()
+        local._end([pid], groups={pid}, grace_s=20)
+        self.processes.append(local.start_server(**self.server))
+        return time.monotonic() - started
+
+    def reactor_slots(self, reactor: str = REACTOR) -> int:
+        return self.http.get(f"/v2/concurrency_limits/reactor-{reactor}").json()["active_slots"]
 
     def report_runs(self) -> dict:
         """The flows that publish plots, started at once as the UI starts them (through their
@@ -155,5 +166,47 @@ def running_lab(tmp_path_factory):
         for process in processes:
             if process is not None:
                 process.wait(10)  # reap: no zombie either
+        left = [pid for pid in local.tagged_processes(home) if local.alive(pid)]
+        assert not left, f"processes still running after stop: {left} (stopped {stopped})"
+
+
+REACTOR_DEPLOYMENTS = """
+import sys
+sys.path.insert(0, {deployments!r})
+import local
+print("\\n".join(local.deploy_reactors({platforms!r})))
+"""
+"""Run with the lab's environment, so its Prefect client talks to the lab's server only."""
+
+
+def running_postgres_lab(tmp_path_factory, cluster, reactors: dict[str, str]):
+    """A lab as a lab runs it: the Prefect server on PostgreSQL (database `prefect` of `cluster`),
+    and for each reactor (name -> platform file) its work pool, reactor limit, optimize and
+    run-experiment deployments and a worker; the server's crash automation. Stopped at the end."""
+    home = tmp_path_factory.mktemp("prefect-postgres-home")
+    data = tmp_path_factory.mktemp("postgres-lab-data")
+    port = free_port()
+    api = f"http://127.0.0.1:{port}/api"
+    processes: list[subprocess.Popen] = []
+    try:
+        server = dict(home=home, host="127.0.0.1", port=port, database=cluster.url("prefect", "asyncpg"),
+                      PREFECT_SERVER_SERVICES_REPOSSESSOR_LOOP_SECONDS="1",
+                      PREFECT_SERVER_CONCURRENCY_MAXIMUM_CONCURRENCY_SLOT_WAIT_SECONDS="1")
+        processes.append(local.start_server(**server))
+        script = REACTOR_DEPLOYMENTS.format(deployments=str(REPO / "deployments"), platforms=reactors)
+        subprocess.run([sys.executable, "-c", script], cwd=REPO, env=local.environment(home, api), check=True,
+                       timeout=300, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        lab = Lab(api, home, data, processes)
+        lab.server = server
+        for name in reactors:
+            processes.append(local.start_worker(home, api, name, PREFECT_WORKER_QUERY_SECONDS="1"))
+        yield lab
+    except subprocess.CalledProcessError as exc:
+        pytest.fail(f"deploy failed:\n{exc.stdout.decode()[-4000:]}")
+    finally:
+        stopped = local.stop(home, grace_s=10)
+        for process in processes:
+            if process is not None:
+                process.wait(10)
         left = [pid for pid in local.tagged_processes(home) if local.alive(pid)]
         assert not left, f"processes still running after stop: {left} (stopped {stopped})"

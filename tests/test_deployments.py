@@ -248,10 +248,10 @@ def _descendants(pid: int) -> list[int]:
 def test_a_worker_killed_mid_campaign_leaves_it_resumable_and_the_reactor_comes_back(ui_lab):
     """SIGKILL of the worker and its flow run (a machine that dies): nothing runs the hooks.
 
-    What Prefect 3.8.8 reports: the killed run stays RUNNING (nothing marks it crashed), and its
-    reactor slot stays taken until the lease (60 s) expires and the server frees it. The same
-    campaign started again from the UI waits for the reactor, says so, and resumes: no recorded
-    experiment lost, none duplicated, the one in flight recorded as crashed.
+    The killed run's heartbeat stops, and the automation `make deploy` sets up marks it Crashed
+    within 90 s; its reactor slot stays taken until the lease (60 s) expires and the server frees
+    it. The same campaign started again from the UI waits for the reactor, says so, and resumes:
+    no recorded experiment lost, none duplicated, the one in flight recorded as crashed.
     """
     root = ui_lab.data / "killed"
     # Killed once 2 experiments are recorded, inside a Latin-hypercube design of 3: the run started
@@ -270,6 +270,7 @@ def test_a_worker_killed_mid_campaign_leaves_it_resumable_and_the_reactor_comes_
     for sig in (signal.SIGSTOP, signal.SIGKILL):  # freeze all first, so none can report anything
         for pid in victims:
             os.kill(pid, sig)
+    killed_at = time.monotonic()
     before = pd.read_parquet(root / "experiments")
     assert ui_lab.reactor_slots() == 1  # still held by the dead run's lease
     assert ui_lab.state(run["id"])["type"] == "RUNNING"
@@ -289,7 +290,10 @@ def test_a_worker_killed_mid_campaign_leaves_it_resumable_and_the_reactor_comes_
     study = optuna.load_study(study_name="killed", storage=storage_url(str(root)))
     assert len(study.trials) == campaign["budget"]
     assert ui_lab.reactor_slots() == 0
-    assert ui_lab.state(run["id"])["type"] == "RUNNING"  # Prefect never learns that the first run died
+    while (first := ui_lab.state(run["id"]))["type"] != "CRASHED":  # its heartbeat stopped with it
+        assert time.monotonic() - killed_at < 90, f"the killed run is still {first['type']} 90 s after the kill"
+        time.sleep(1)
+    assert "no heartbeat" in first["message"]
 
 
 def test_without_a_server_the_lock_is_a_file_lock_the_os_frees_when_its_holder_dies(tmp_path, caplog):

@@ -1,0 +1,194 @@
+"""The lab's multi-machine shape on a real PostgreSQL: the Prefect server on it, one worker per
+reactor, one campaign whose runs on every reactor draw from one study on it at once.
+
+The PostgreSQL cluster is made by the `postgres` fixture (tests/conftest.py): Debian's server
+programs, a temporary folder, a free loopback port; nothing is mocked.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from collections import Counter
+from pathlib import Path
+
+import optuna
+import pytest
+from conftest import no_traceback
+from optuna.trial import TrialState
+from prefect_lab import FINAL, local
+
+from tasks import ledger
+from tasks.storage import existing_record, read_experiments
+
+REACTORS = ("rig-a", "rig-b", "rig-c")
+
+
+def paced_platform(name: str) -> str:
+    """A virtual reactor of its own name that keeps an experiment about 5 s on the rig, as a real
+    one keeps it minutes: the campaign processes overlap as they do in a lab."""
+    return f'[platform]\nname = "{name}"\nbase = "virtual-cs3cu2i5"\n\n[virtual]\npace = 120.0\n'
+
+
+def test_a_wrong_postgresql_address_is_named_with_the_fix(sdfl, postgres, tmp_path):
+    """A storage URL on a port where no PostgreSQL listens: the campaign refuses before it runs."""
+    wrong = postgres.url("optuna").replace(f":{postgres.port}/", f":{postgres.port + 1}/")
+    done = sdfl("optimize", "--campaign", "c", "--budget", "2", "--initial", "2", "--storage", wrong,
+                "--data-root", str(tmp_path / "data"), "--no-explain")
+    out = no_traceback(done)
+    assert done.returncode != 0
+    assert "cannot be opened" in out and "check that the database server is running" in out, out
+    assert not (tmp_path / "data" / "experiments").exists()
+
+
+@pytest.fixture(scope="module")
+def postgres_lab(tmp_path_factory, postgres):
+    """The Prefect server on PostgreSQL with a worker and deployments for each of REACTORS."""
+    from prefect_lab import running_postgres_lab
+
+    folder = tmp_path_factory.mktemp("reactors")
+    platforms = {}
+    for name in REACTORS:
+        (folder / f"{name}.toml").write_text(paced_platform(name))
+        platforms[name] = str(folder / f"{name}.toml")
+    yield from running_postgres_lab(tmp_path_factory, postgres, platforms)
+
+
+def descendants(pid: int) -> list[int]:
+    parents = {}
+    for entry in Path("/proc").glob("[0-9]*"):
+        try:
+            parents[int(entry.name)] = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+    found, frontier = [], [pid]
+    while frontier:
+        frontier = [p for p, parent in parents.items() if parent in frontier]
+        found += frontier
+    return found
+
+
+def test_three_workers_run_one_campaign_and_one_that_dies_loses_nothing(postgres_lab, postgres):
+    """The lab's shape: the Prefect server and the study on PostgreSQL, one worker per reactor,
+    the campaign started on each reactor through its deployment (as from the UI). One worker's
+    machine dies mid-experiment (SIGKILL of the worker and its flow run: no hook runs).
+
+    The other two finish the campaign; the dead run is marked Crashed within 90 s; its reactor's
+    slot is freed; the experiment it was running is recorded as crashed and its trial settled;
+    no experiment is lost or duplicated, and the study and the dataset agree."""
+    lab, storage = postgres_lab, postgres.url("optuna")
+    root = lab.data / "lab"
+    campaign = {"campaign": "lab", "budget": 12, "initial": 3, "seed": 4, "storage": storage,
+                "data_root": str(root), "explain": False}
+    runs = {}
+    for name in REACTORS:
+        reply = lab.trigger("optimize", campaign, name=name)
+        assert reply.status_code == 201, reply.text
+        runs[name] = reply.json()["id"]
+
+    # rig-a has recorded an experiment and runs its next one: its machine dies now.
+    worker = local.running("worker-rig-a", lab.home)
+    deadline = time.monotonic() + 240
+    while True:
+        assert time.monotonic() < deadline, "rig-a never got into its second experiment"
+        assert lab.state(runs["rig-a"])["type"] not in FINAL, lab.logs(runs["rig-a"])[-3000:]
+        victims = [worker, *descendants(worker)]
+        mine = in_flight(storage, "lab", victims)
+        rows = read_experiments(root, "lab") if (root / "experiments").exists() else None
+        if mine is not None and rows is not None and len(rows) and (rows["platform"] == "rig-a").any():
+            break
+        time.sleep(0.2)
+    for pid in victims:  # freeze all first, so none can report anything
+        os.kill(pid, signal.SIGSTOP)
+    running = optuna.load_study(study_name="lab", storage=storage).trials[mine].user_attrs["experiment_id"]
+    # Mid-experiment, or (rarely) between writing the experiment and telling the study.
+    mid_experiment = existing_record(root, "lab", running) is None
+    for pid in victims:
+        os.kill(pid, signal.SIGKILL)
+    killed_at = time.monotonic()
+
+    for name in ("rig-b", "rig-c"):
+        state = lab.wait(runs[name], timeout_s=300)
+        assert state["type"] == "COMPLETED", lab.logs(runs[name])[-3000:]
+    while (state := lab.state(runs["rig-a"]))["type"] != "CRASHED":
+        assert time.monotonic() - killed_at < 90, f"the dead run is still {state['type']} 90 s after the kill"
+        time.sleep(1)
+    crashed_after_s = time.monotonic() - killed_at
+    print(f"marked Crashed {crashed_after_s:.0f} s after the kill")
+    assert "no heartbeat" in state["message"]
+    while lab.reactor_slots("rig-a"):  # the dead run's lease runs out (60 s) and the server frees the slot
+        assert time.monotonic() - killed_at < 120, "rig-a's slot was never freed"
+        time.sleep(1)
+
+    study = optuna.load_study(study_name="lab", storage=storage)
+    ran = ledger.finished(study)  # what spent the budget (not the trials set aside unrun)
+    assert len(ran) == 12 and not study.get_trials(states=(TrialState.RUNNING,))
+    settled = study.trials[mine]
+    rows = read_experiments(root, "lab")
+    ids = [t.user_attrs["experiment_id"] for t in ran]
+    assert rows["experiment_id"].is_unique and sorted(rows["experiment_id"]) == sorted(ids)
+    by_id = rows.set_index("experiment_id")
+    if mid_experiment:  # recorded as crashed by the runs that went on, its trial settled as failed
+        assert settled.state == TrialState.FAIL and "interrupted" in settled.user_attrs["failure_reason"]
+        assert by_id.loc[running, "status"] == "crashed"
+    else:  # its record was written: the study is told what it says
+        assert settled.state == TrialState.COMPLETE and by_id.loc[running, "status"] == "completed"
+    assert (rows["status"] == "completed").sum() == 12 - mid_experiment
+    values = {t.user_attrs["experiment_id"]: t.value for t in ran if t.state == TrialState.COMPLETE}
+    assert {i: by_id.loc[i, "PL_I"] for i in values} == pytest.approx(values)  # the study and the dataset agree
+    design = Counter(t.user_attrs["design_index"] for t in ran if "design_index" in t.user_attrs)
+    assert design == Counter({0: 1, 1: 1, 2: 1})  # each design point once, though every run planned it
+    params = [tuple(round(v, 9) for v in t.params.values()) for t in ran]
+    assert len(set(params)) == len(params)  # pending points honoured: no condition proposed twice
+    assert set(rows["platform"]) == set(REACTORS)
+
+
+def test_postgresql_and_the_prefect_server_restart_under_a_running_campaign(postgres_lab, postgres):
+    """PostgreSQL restarted, then the Prefect server restarted, while a campaign runs on a reactor
+    through its deployment: the campaign waits for each and goes on to its budget, as one run;
+    nothing recorded is lost or duplicated."""
+    lab, storage = postgres_lab, postgres.url("optuna")
+    root = lab.data / "restarts"
+    campaign = {"campaign": "restarts", "budget": 7, "initial": 3, "seed": 5, "storage": storage,
+                "data_root": str(root), "explain": False}
+    reply = lab.trigger("optimize", campaign, name="rig-b")
+    assert reply.status_code == 201, reply.text
+    run = reply.json()["id"]
+
+    def recorded_at_least(n: int) -> None:
+        deadline = time.monotonic() + 240
+        while not (root / "experiments").exists() or len(read_experiments(root, "restarts")) < n:
+            assert lab.state(run)["type"] not in FINAL, lab.logs(run)[-3000:]
+            assert time.monotonic() < deadline, f"fewer than {n} experiments recorded in time"
+            time.sleep(0.5)
+
+    recorded_at_least(2)
+    postgres.stop("fast")  # ends every session, as a restart of the database server does
+    time.sleep(3)
+    postgres.start()
+    recorded_at_least(4)
+    away_s = lab.restart_server()
+    print(f"the Prefect server was away {away_s:.0f} s")
+
+    state = lab.wait(run, timeout_s=300)
+    assert state["type"] == "COMPLETED", lab.logs(run)[-3000:]
+    rows = read_experiments(root, "restarts")
+    assert rows["experiment_id"].is_unique and len(rows) == 7 and set(rows["status"]) == {"completed"}
+    study = optuna.load_study(study_name="restarts", storage=storage)
+    ran = ledger.finished(study)
+    assert len(ran) == 7 and all(t.state == TrialState.COMPLETE for t in ran)
+    assert sorted(t.user_attrs["experiment_id"] for t in ran) == sorted(rows["experiment_id"])
+
+
+def in_flight(storage: str, campaign: str, pids: list[int]) -> int | None:
+    """The number of the trial that one of `pids` runs now, if any."""
+    try:
+        study = optuna.load_study(study_name=campaign, storage=storage)
+    except KeyError:  # not created yet
+        return None
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        parts = str(trial.user_attrs.get("owner", "")).split("|")
+        if len(parts) == 5 and parts[2].isdigit() and int(parts[2]) in pids:
+            return trial.number
+    return None
