@@ -252,6 +252,7 @@ def test_a_target_campaign_resumes_after_a_crash(tmp_path):
     from flows.campaign import CampaignPlan, run_campaign
     from flows.experiment import PLAIN_STEPS, conduct_experiment
     from hardware.rig import open_rig
+    from tasks import liveness
     from tasks.ledger import distributions, experiment_id_for, storage_url
     from tasks.storage import read_experiments
 
@@ -262,8 +263,10 @@ def test_a_target_campaign_resumes_after_a_crash(tmp_path):
     run_campaign(rig, plan, PLAIN_STEPS)
     study = optuna.load_study(study_name="crash", storage=storage_url(root))
     finished_untold, in_flight = study.ask(distributions(PLATFORM)), study.ask(distributions(PLATFORM))
-    for trial in (finished_untold, in_flight):
-        trial.set_user_attr("experiment_id", experiment_id_for("crash", trial.number))
+    with liveness.Heartbeat(study) as run:  # a campaign run that claims both and then stops
+        for trial in (finished_untold, in_flight):
+            trial.set_user_attr("experiment_id", experiment_id_for("crash", trial.number))
+            run.claim(trial)
     row = conduct_experiment(rig, condition=dict(finished_untold.params), campaign="crash",
                              experiment_id=experiment_id_for("crash", finished_untold.number), finish="hold",
                              data_root=root, seed=7, steps=PLAIN_STEPS)
