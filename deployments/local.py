@@ -23,6 +23,8 @@ BIN = Path(sys.executable).parent
 TAG = "SDFL_LOCAL_PREFECT"
 LEASES_ON_DISK = "prefect.server.concurrency.lease_storage.filesystem"
 
+sys.path.insert(0, str(REPO))
+from hardware.processes import alive  # noqa: E402
 
 HEARTBEAT_S = 30
 """Seconds between a flow run's heartbeats (Prefect's shortest)."""
@@ -51,20 +53,6 @@ def spawn(name: str, command: list[str], env: dict[str, str], home: Path) -> sub
                                    stderr=subprocess.STDOUT, start_new_session=True)
     (home / f"{name}.pid").write_text(str(process.pid))
     return process
-
-
-def alive(pid: int) -> bool:
-    """True if `pid` runs (a zombie, killed but not yet reaped by its parent, does not)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except (OSError, IndexError):
-        return True
 
 
 def running(name: str, home: Path) -> int | None:

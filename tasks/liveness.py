@@ -34,6 +34,8 @@ from pathlib import Path
 import optuna
 from optuna.trial import FrozenTrial
 
+from hardware.processes import alive, start_ticks
+
 HEARTBEAT_S = 10.0
 """How often a running trial's heartbeat is written."""
 GRACE_S = 60.0
@@ -55,31 +57,10 @@ def _boot_id() -> str:
         return ""
 
 
-def _start_ticks(pid: int) -> str | None:
-    """When the process started (clock ticks since boot, from /proc): tells a reused PID apart."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
-    except (OSError, IndexError):
-        return None
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except (OSError, IndexError):
-        return True
-
-
 def owner_mark(run: str) -> str:
     """This process's mark for a trial of run `run`: host|boot|pid|start|run."""
     pid = os.getpid()
-    return "|".join([socket.gethostname(), _boot_id(), str(pid), _start_ticks(pid) or "", run])
+    return "|".join([socket.gethostname(), _boot_id(), str(pid), start_ticks(pid) or "", run])
 
 
 def owner_gone(mark: str | None) -> bool | None:
@@ -92,7 +73,7 @@ def owner_gone(mark: str | None) -> bool | None:
         return None
     if int(pid) == os.getpid():
         return run not in _live_runs
-    return not _alive(int(pid)) or (bool(start) and _start_ticks(int(pid)) != start)
+    return not alive(int(pid)) or (bool(start) and start_ticks(int(pid)) != start)
 
 
 def abandoned(trial: FrozenTrial, now: float | None = None, grace_s: float = GRACE_S) -> bool:

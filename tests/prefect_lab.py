@@ -162,12 +162,7 @@ def running_lab(tmp_path_factory):
     except subprocess.CalledProcessError as exc:
         pytest.fail(f"deploy failed:\n{exc.stdout.decode()[-4000:]}")
     finally:
-        stopped = local.stop(home, grace_s=10)
-        for process in processes:
-            if process is not None:
-                process.wait(10)  # reap: no zombie either
-        left = [pid for pid in local.tagged_processes(home) if local.alive(pid)]
-        assert not left, f"processes still running after stop: {left} (stopped {stopped})"
+        stop_lab(home, processes)
 
 
 REACTOR_DEPLOYMENTS = """
@@ -204,9 +199,29 @@ def running_postgres_lab(tmp_path_factory, cluster, reactors: dict[str, str]):
     except subprocess.CalledProcessError as exc:
         pytest.fail(f"deploy failed:\n{exc.stdout.decode()[-4000:]}")
     finally:
-        stopped = local.stop(home, grace_s=10)
-        for process in processes:
-            if process is not None:
-                process.wait(10)
-        left = [pid for pid in local.tagged_processes(home) if local.alive(pid)]
-        assert not left, f"processes still running after stop: {left} (stopped {stopped})"
+        stop_lab(home, processes)
+
+
+def stop_lab(home: Path, processes: list[subprocess.Popen]) -> None:
+    """Stop everything a lab started, reap it (no zombie either), and check nothing is left."""
+    stopped = local.stop(home, grace_s=10)
+    for process in processes:
+        if process is not None:
+            process.wait(10)
+    left = [pid for pid in local.tagged_processes(home) if local.alive(pid)]
+    assert not left, f"processes still running after stop: {left} (stopped {stopped})"
+
+
+def descendants(pid: int) -> list[int]:
+    """The processes below `pid` (children, their children, ...), from /proc."""
+    parents = {}
+    for entry in Path("/proc").glob("[0-9]*"):
+        try:
+            parents[int(entry.name)] = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+    found, frontier = [], [pid]
+    while frontier:
+        frontier = [p for p, parent in parents.items() if parent in frontier]
+        found += frontier
+    return found

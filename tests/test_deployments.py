@@ -11,12 +11,11 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import optuna
 import pandas as pd
 import pytest
-from prefect_lab import BUDGET, CAMPAIGN, FINAL, REACTOR, REPO, local
+from prefect_lab import BUDGET, CAMPAIGN, FINAL, REACTOR, REPO, descendants, local
 
 from flows.settings import bounds_text, centred
 from hardware.platform import load_platform
@@ -230,21 +229,6 @@ def test_without_schema_enforcement_the_flow_itself_fails_the_run_naming_the_fie
     assert "budget must be at least 1" in text and "Traceback" not in text, text  # what the UI shows: one line
 
 
-def _descendants(pid: int) -> list[int]:
-    parents = {}
-    for entry in Path("/proc").glob("[0-9]*"):
-        try:
-            parents[int(entry.name)] = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-        except (OSError, ValueError, IndexError):
-            continue
-    found, frontier = [], [pid]
-    while frontier:
-        children = [p for p, parent in parents.items() if parent in frontier]
-        found += children
-        frontier = children
-    return found
-
-
 def test_a_worker_killed_mid_campaign_leaves_it_resumable_and_the_reactor_comes_back(ui_lab):
     """SIGKILL of the worker and its flow run (a machine that dies): nothing runs the hooks.
 
@@ -265,7 +249,7 @@ def test_a_worker_killed_mid_campaign_leaves_it_resumable_and_the_reactor_comes_
         assert time.monotonic() < deadline, "the campaign did not record two experiments in time"
         time.sleep(0.1)
     worker = local.running(f"worker-{REACTOR}", ui_lab.home)
-    victims = [worker, *_descendants(worker)]
+    victims = [worker, *descendants(worker)]
     assert len(victims) >= 2  # the worker and the flow run's process (a session of its own)
     for sig in (signal.SIGSTOP, signal.SIGKILL):  # freeze all first, so none can report anything
         for pid in victims:

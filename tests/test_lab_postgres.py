@@ -11,13 +11,12 @@ import os
 import signal
 import time
 from collections import Counter
-from pathlib import Path
 
 import optuna
 import pytest
 from conftest import no_traceback
 from optuna.trial import TrialState
-from prefect_lab import FINAL, local
+from prefect_lab import FINAL, descendants, local
 
 from tasks import ledger
 from tasks.storage import existing_record, read_experiments
@@ -53,20 +52,6 @@ def postgres_lab(tmp_path_factory, postgres):
         (folder / f"{name}.toml").write_text(paced_platform(name))
         platforms[name] = str(folder / f"{name}.toml")
     yield from running_postgres_lab(tmp_path_factory, postgres, platforms)
-
-
-def descendants(pid: int) -> list[int]:
-    parents = {}
-    for entry in Path("/proc").glob("[0-9]*"):
-        try:
-            parents[int(entry.name)] = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-        except (OSError, ValueError, IndexError):
-            continue
-    found, frontier = [], [pid]
-    while frontier:
-        frontier = [p for p, parent in parents.items() if parent in frontier]
-        found += frontier
-    return found
 
 
 @pytest.mark.slow
