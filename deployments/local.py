@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -82,12 +83,26 @@ def healthy(api_url: str) -> bool:
         return False
 
 
+class ServerDidNotStart(RuntimeError):
+    """The Prefect server exited while starting (a wrong database URL, a port in use, ...)."""
+
+
+def _last_error(log: Path) -> str:
+    """The last line of the server's log that names an error (its cause, for the user)."""
+    try:
+        lines = [line.strip() for line in log.read_text(errors="replace").splitlines()]
+    except OSError:
+        return ""
+    raised = [line for line in lines if re.match(r"^[\w.]+(Error|Exception)\b:", line)]
+    return raised[-1].rstrip(".") if raised else ""
+
+
 def wait_healthy(api_url: str, timeout_s: float = 120.0, process: subprocess.Popen | None = None) -> float:
     """Wait until the API answers /health. Returns the seconds waited."""
     started = time.monotonic()
     while not healthy(api_url):
         if process is not None and process.poll() is not None:
-            raise RuntimeError(f"the Prefect server exited with code {process.returncode}")
+            raise ServerDidNotStart(f"the Prefect server exited with code {process.returncode}")
         if time.monotonic() - started > timeout_s:
             raise TimeoutError(f"no healthy Prefect API at {api_url} after {timeout_s:.0f} s")
         time.sleep(0.5)
@@ -111,7 +126,13 @@ def start_server(home: Path, host: str, port: int, database: str | None = None,
     env = environment(home, api_url, PREFECT_SERVER_CONCURRENCY_LEASE_STORAGE=LEASES_ON_DISK, **extra_env)
     process = spawn("server", [str(BIN / "prefect"), "server", "start", "--host", host, "--port", str(port),
                                "--analytics-off"], env, home)
-    wait_healthy(api_url, process=process)
+    try:
+        wait_healthy(api_url, process=process)
+    except ServerDidNotStart as exc:
+        cause = _last_error(home / "server.log")
+        hint = (" Check the database URL (driver postgresql+asyncpg, user, password, host, port, database) and "
+                "that PostgreSQL is running." if database else "")
+        raise ServerDidNotStart(f"{exc}{': ' + cause if cause else ''}.{hint} Its log: {home / 'server.log'}") from None
     return process
 
 
@@ -159,16 +180,15 @@ def ensure_crash_automation(silence_s: int = SILENCE_S) -> bool:
     from datetime import timedelta
 
     from prefect.automations import Automation
+    from prefect.client.orchestration import get_client
     from prefect.client.schemas.objects import StateType
     from prefect.events.actions import ChangeFlowRunState
     from prefect.events.schemas.automations import EventTrigger, Posture
     from prefect.events.schemas.events import ResourceSpecification
 
-    try:
-        Automation.read(name=CRASH_AUTOMATION)
-        return False
-    except ValueError:  # not there yet
-        pass
+    with get_client(sync_client=True) as client:
+        if client.read_automations_by_name(name=CRASH_AUTOMATION):
+            return False
     Automation(
         name=CRASH_AUTOMATION,
         description=(f"A flow run with no heartbeat for {silence_s} s (its process or machine died) is marked "
@@ -347,7 +367,11 @@ def main(argv: list[str] | None = None) -> int:
     home = args.home.resolve()
     api_url = f"http://{args.host}:{args.port}/api"
     if args.command == "server":
-        started = start_server(home, args.host, args.port, database=args.database)
+        try:
+            started = start_server(home, args.host, args.port, database=args.database)
+        except (ServerDidNotStart, TimeoutError) as exc:
+            print(f"make server: {exc}", file=sys.stderr)
+            return 2
         where = _shown(args.database) if args.database else f"SQLite in {home}"
         print(f"Prefect server {'started' if started else 'already running'}: UI http://{args.host}:{args.port}, "
               f"API {api_url}, database {where}; log {home / 'server.log'}")

@@ -9,14 +9,16 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
 import time
 from collections import Counter
 
 import optuna
 import pytest
-from conftest import no_traceback
+from conftest import REPO_DIR, no_traceback
 from optuna.trial import TrialState
-from prefect_lab import FINAL, descendants, local
+from prefect_lab import FINAL, descendants, free_port, local
 
 from tasks import ledger
 from tasks.storage import existing_record, read_experiments
@@ -39,6 +41,21 @@ def test_a_wrong_postgresql_address_is_named_with_the_fix(sdfl, postgres, tmp_pa
     assert done.returncode != 0
     assert "cannot be opened" in out and "check that the database server is running" in out, out
     assert not (tmp_path / "data" / "experiments").exists()
+
+
+def test_a_server_database_that_does_not_answer_is_named_with_the_fix(tmp_path):
+    """`make server DB=...` with PostgreSQL not listening: one message with the cause and the fix,
+    no traceback, nothing left running."""
+    home = tmp_path / "prefect"
+    done = subprocess.run([sys.executable, os.path.join(REPO_DIR, "deployments", "local.py"), "server", "--home",
+                           str(home), "--port", str(free_port()),
+                           "--database", "postgresql+asyncpg://sdfl@127.0.0.1:1/prefect"],
+                          capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL)
+    out = no_traceback(done)
+    assert done.returncode == 2, out
+    assert "the Prefect server exited" in out and "Connect call failed ('127.0.0.1', 1)" in out, out
+    assert "Check the database URL" in out and str(home / "server.log") in out
+    assert not local.running("server", home)
 
 
 @pytest.fixture(scope="module")
