@@ -106,7 +106,7 @@ class DeploymentReactor:
         kind = (run.labels or {}).get(FAILURE_KIND_LABEL) or (
             FailureKind.CRASHED if state is not None and (state.is_crashed() or state.is_cancelled())
             else FailureKind.ERROR)
-        reason = mine["failure_reason"] if mine is not None else (state.message if state else "no state")
+        reason = _failure_reason(mine, run)
         if kind == FailureKind.REFUSED:
             raise SdflInputError(f"{self.deployment}: {reason}")
         if kind == FailureKind.NOT_READY:
@@ -114,3 +114,14 @@ class DeploymentReactor:
         raise RemoteExperimentFailed(self.deployment, (
             f"flow run {run.id} ended {ended} ({kind}): {reason}. The worker has made its rig safe; see the "
             "run's log in the Prefect UI"), kind=kind)
+
+
+def _failure_reason(row: dict | None, run) -> str:
+    """Why the run failed: its experiment's recorded reason, when the row is this run's (a refused
+    request may name an experiment another run recorded), else the run's final state message."""
+    if row is not None and str(row.get("flow_run_id")) == str(run.id):
+        reason = row.get("failure_reason")
+        if isinstance(reason, str) and reason:
+            return reason
+    state = run.state
+    return (state.message or state.type.value) if state is not None else "no state"

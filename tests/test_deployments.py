@@ -345,3 +345,38 @@ def test_a_campaign_runs_its_experiments_on_a_reactor_through_its_deployment(ui_
     assert set(rows["status"]) == {"completed"}
     runs = [ui_lab.http.get(f"/flow_runs/{run_id}").json() for run_id in rows["flow_run_id"]]
     assert all(r["deployment_id"] == ui_lab.deployment("run-experiment")["id"] for r in runs)  # the worker ran them
+
+
+def test_a_remote_reactor_tells_the_campaign_what_kind_of_failure_it_was(ui_lab):
+    """A request the reactor refuses (an experiment id its dataset already holds) fails the flow
+    run on the worker; the run is labelled with the kind of failure, and the campaign's side
+    raises the matching error (a refusal: recorded against the trial, the campaign goes on)
+    instead of reading the kind from the error's text."""
+    root = ui_lab.data / "kinds"
+    script = (
+        "from flows.characterize import centre_condition\n"
+        "from flows.remote import DeploymentReactor\n"
+        "from hardware.errors import SdflInputError\n"
+        "from hardware.platform import load_platform\n"
+        f"reactor = DeploymentReactor('run-experiment/{REACTOR}', load_platform({REACTOR!r}), timeout_s=120)\n"
+        f"request = dict(condition=centre_condition(reactor.platform), campaign='kinds', experiment_id='kinds-1',\n"
+        f"               data_root={str(root)!r}, seed=1)\n"
+        "print('first:', reactor.conduct(**request)['status'])\n"
+        "try:\n"
+        "    reactor.conduct(**request)\n"
+        "except SdflInputError as exc:\n"
+        "    print('refused:', exc)\n"
+    )
+    env = {**os.environ, "PREFECT_API_URL": ui_lab.api, "PREFECT_HOME": str(ui_lab.home)}
+    done = subprocess.run([sys.executable, "-c", script], cwd=REPO, env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "first: completed" in done.stdout, done.stdout
+    assert "refused: run-experiment/" in done.stdout and "already recorded" in done.stdout, done.stdout
+
+    runs = ui_lab.http.post("/flow_runs/filter", json={
+        "flow_runs": {"deployment_id": {"any_": [ui_lab.deployment("run-experiment")["id"]]},
+                      "state": {"type": {"any_": ["FAILED"]}}},
+        "sort": "EXPECTED_START_TIME_DESC", "limit": 1}).json()
+    assert runs and runs[0]["labels"].get("sdfl.failure-kind") == "refused", runs
+    assert len(pd.read_parquet(root / "experiments")) == 1  # the recorded experiment was left as it was
