@@ -168,15 +168,16 @@ def prepare(names: list[str]) -> list[str]:
                 done.append(f"work pool reactor-{name} exists")
             created = ensure_reactor_limit(name)
             done.append(f"concurrency limit {limit_name(name)} {'created' if created else 'exists'}")
-    done.append(f"automation '{CRASH_AUTOMATION}' {'created' if ensure_crash_automation() else 'exists'}")
+    done.append(f"automation '{CRASH_AUTOMATION}' {ensure_crash_automation()}")
     return done
 
 
-def ensure_crash_automation(silence_s: int = SILENCE_S) -> bool:
-    """The server's automation that marks a flow run Crashed when its heartbeat stops (its
-    worker's machine died, or it was killed): after a heartbeat, the next one, or the run's end,
-    is expected within `silence_s`. A run paused for an operator (a manufacturing lot waiting for
-    a decision) has said so with its Paused event and is never caught. True if it was created."""
+def ensure_crash_automation(silence_s: int = SILENCE_S) -> str:
+    """The server's automation that marks a flow run Crashed when it goes silent (its worker's
+    machine died, or it was killed): after a heartbeat (Prefect's, or the run's own every 10 s:
+    flows/beat.py), the next one, or the run's end, is expected within `silence_s`. A run paused
+    for an operator (a manufacturing lot waiting for a decision) goes on beating and is never
+    caught. Returns what was done: created, updated (it differed from this definition) or exists."""
     from datetime import timedelta
 
     from prefect.automations import Automation
@@ -186,17 +187,17 @@ def ensure_crash_automation(silence_s: int = SILENCE_S) -> bool:
     from prefect.events.schemas.automations import EventTrigger, Posture
     from prefect.events.schemas.events import ResourceSpecification
 
-    with get_client(sync_client=True) as client:
-        if client.read_automations_by_name(name=CRASH_AUTOMATION):
-            return False
-    Automation(
+    from flows.beat import BEAT_EVENT
+
+    beats = {"prefect.flow-run.heartbeat", BEAT_EVENT}
+    wanted = Automation(
         name=CRASH_AUTOMATION,
         description=(f"A flow run with no heartbeat for {silence_s} s (its process or machine died) is marked "
                      "Crashed, so it no longer shows as Running and its campaign can be resumed."),
         trigger=EventTrigger(
-            after={"prefect.flow-run.heartbeat"},
-            expect={"prefect.flow-run.heartbeat", "prefect.flow-run.Completed", "prefect.flow-run.Failed",
-                    "prefect.flow-run.Cancelled", "prefect.flow-run.Crashed", "prefect.flow-run.Paused"},
+            after=beats,
+            expect=beats | {"prefect.flow-run.Completed", "prefect.flow-run.Failed", "prefect.flow-run.Cancelled",
+                            "prefect.flow-run.Crashed", "prefect.flow-run.Paused"},
             match=ResourceSpecification({"prefect.resource.id": ["prefect.flow-run.*"]}),
             for_each={"prefect.resource.id"},
             posture=Posture.Proactive,
@@ -205,24 +206,36 @@ def ensure_crash_automation(silence_s: int = SILENCE_S) -> bool:
         ),
         actions=[ChangeFlowRunState(state=StateType.CRASHED, message=(
             f"no heartbeat for {silence_s} s: the flow run's process or its machine stopped"))],
-    ).create()
-    return True
+    )
+    with get_client(sync_client=True) as client:
+        found = client.read_automations_by_name(name=CRASH_AUTOMATION)
+    if not found:
+        wanted.create()
+        return "created"
+    current = found[0]
+    if (current.trigger.after, current.trigger.expect, current.trigger.within, current.description) == (
+            wanted.trigger.after, wanted.trigger.expect, wanted.trigger.within, wanted.description):
+        return "exists"
+    wanted.id = current.id
+    wanted.update()
+    return "updated"
 
 
 def deploy_reactors(platforms: dict[str, str]) -> list[str]:
     """For each reactor (name -> its platform, a shipped name or a file on the worker's machine):
-    its pool, lock and the crash automation (`prepare`), and its `optimize` and `run-experiment`
-    deployments on its pool, named after it. What prefect.yaml's entries do, without the file:
+    its pool, lock and the crash automation (`prepare`), and its `optimize`, `run-experiment` and
+    `manufacture` deployments on its pool, named after it. What prefect.yaml's entries do, without the file:
     for a lab that adds rigs from Python, and for the tests and benchmarks of several workers."""
     from prefect.deployments.runner import EntrypointType
 
     sys.path.insert(0, str(REPO))
     from flows.campaign import optimize
     from flows.experiment import run_experiment
+    from flows.manufacture import manufacture
 
     done = prepare(sorted(platforms))
     for name, platform in platforms.items():
-        for flow in (optimize, run_experiment):
+        for flow in (optimize, run_experiment, manufacture):
             flow.to_deployment(name=name, work_pool_name=f"reactor-{name}", parameters={"platform": platform},
                                entrypoint_type=EntrypointType.MODULE_PATH).apply()
             done.append(f"deployment {flow.name}/{name} on pool reactor-{name}")

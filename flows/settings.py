@@ -251,12 +251,17 @@ def settings_flow(model: type[FlowSettings], **flow_options: Any):
 
     Python callers call the flow with plain keywords; the model checks them (a wrong one raises
     SdflInputError naming it) before the body runs. Prefect's own parameter check is off: it
-    would check the same bounds again with messages of its own.
+    would check the same bounds again with messages of its own. The body runs with the flow run's
+    own heartbeat (flows/beat.py).
     """
 
     def decorate(body):
         def run(**values: Any):
-            return body(model.from_values(values))
+            from flows.beat import beating
+
+            settings = model.from_values(values)
+            with beating():
+                return body(settings)
 
         for attr in ("__name__", "__qualname__", "__module__", "__doc__"):
             setattr(run, attr, getattr(body, attr))

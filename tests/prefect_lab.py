@@ -87,6 +87,12 @@ class Lab:
             time.sleep(0.5)
         return state
 
+    def history(self, run_id: str) -> str:
+        """The run's states, one line each: when, what, why."""
+        states = self.http.get("/flow_run_states/", params={"flow_run_id": run_id}).json()
+        return "\n".join(f"{s['timestamp']} {s['type']} {s.get('message') or ''}"
+                         for s in sorted(states, key=lambda s: s["timestamp"]))
+
     def logs(self, run_id: str) -> str:
         logs = self.http.post("/logs/filter", json={"logs": {"flow_run_id": {"any_": [run_id]}},
                                                     "sort": "TIMESTAMP_ASC", "limit": 200}).json()

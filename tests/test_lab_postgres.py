@@ -16,7 +16,7 @@ from collections import Counter
 
 import optuna
 import pytest
-from conftest import REPO_DIR, no_traceback
+from conftest import CENTRE, REPO_DIR, no_traceback
 from optuna.trial import TrialState
 from prefect_lab import FINAL, descendants, free_port, local
 
@@ -24,6 +24,8 @@ from tasks import ledger
 from tasks.storage import existing_record, read_experiments
 
 REACTORS = ("rig-a", "rig-b", "rig-c")
+LINE = "line-d"
+"""A fourth reactor, making a lot that waits for an operator while the campaign runs."""
 
 
 def paced_platform(name: str) -> str:
@@ -68,6 +70,8 @@ def postgres_lab(tmp_path_factory, postgres):
     for name in REACTORS:
         (folder / f"{name}.toml").write_text(paced_platform(name))
         platforms[name] = str(folder / f"{name}.toml")
+    (folder / f"{LINE}.toml").write_text(f'[platform]\nname = "{LINE}"\nbase = "virtual-cs3cu2i5"\n')
+    platforms[LINE] = str(folder / f"{LINE}.toml")
     yield from running_postgres_lab(tmp_path_factory, postgres, platforms)
 
 
@@ -76,14 +80,23 @@ def test_three_workers_run_one_campaign_through_restarts_and_a_dead_worker(postg
     """The lab's shape: the Prefect server and the study on PostgreSQL, one worker per reactor,
     the campaign started on each reactor through its deployment (as from the UI). While it runs,
     PostgreSQL restarts, then the Prefect server restarts, then one worker's machine dies
-    mid-experiment (SIGKILL of the worker and its flow run: no hook runs).
+    mid-experiment (SIGKILL of the worker and its flow run: no hook runs). Meanwhile a lot on a
+    fourth reactor waits for an operator to refill a syringe.
 
     The campaign waits through both restarts; the other two workers finish it; the dead run is
     marked Crashed within 90 s; its reactor's slot is freed; the experiment it was running is
     recorded as crashed and its trial settled; no experiment is lost or duplicated, each design
-    point runs once, no condition twice, and the study and the dataset agree."""
+    point runs once, no condition twice, and the study and the dataset agree. The paused lot is
+    not taken for dead by the automation that caught the killed run, and ends as its operator says."""
     lab, storage = postgres_lab, postgres.url("optuna")
     root = lab.data / "lab"
+    # PFO runs short at about 1.06 h of the lot, and nobody refills it on their own: the run pauses.
+    lot = lab.trigger("manufacture", {"lot": "waits", "recipe": CENTRE, "duration_h": 1.5,
+                                      "qc_every_min": 5.0, "qualification_min": 20.0, "qualification_points": 10,
+                                      "segment_min": 60.0, "on_alarm": "continue", "auto_refill": False,
+                                      "seed": 21, "data_root": str(lab.data / "lots")}, name=LINE)
+    assert lot.status_code == 201, lot.text
+    lot = lot.json()["id"]
     campaign = {"campaign": "lab", "budget": 15, "initial": 3, "seed": 4, "storage": storage,
                 "data_root": str(root), "explain": False}
     runs = {}
@@ -105,7 +118,7 @@ def test_three_workers_run_one_campaign_through_restarts_and_a_dead_worker(postg
     time.sleep(3)
     postgres.start()
     recorded_at_least(4)
-    print(f"the Prefect server was away {lab.restart_server():.0f} s")
+    print(f"{time.strftime('%H:%M:%S')} the Prefect server restarts; it was away {lab.restart_server():.0f} s")
 
     # rig-a has recorded an experiment and runs its next one: its machine dies now.
     worker = local.running("worker-rig-a", lab.home)
@@ -130,7 +143,7 @@ def test_three_workers_run_one_campaign_through_restarts_and_a_dead_worker(postg
 
     for name in ("rig-b", "rig-c"):
         state = lab.wait(runs[name], timeout_s=300)
-        assert state["type"] == "COMPLETED", lab.logs(runs[name])[-3000:]
+        assert state["type"] == "COMPLETED", f"{lab.history(runs[name])}\n{lab.logs(runs[name])[-3000:]}"
     while (state := lab.state(runs["rig-a"]))["type"] != "CRASHED":
         assert time.monotonic() - killed_at < 90, f"the dead run is still {state['type']} 90 s after the kill"
         time.sleep(1)
@@ -162,6 +175,22 @@ def test_three_workers_run_one_campaign_through_restarts_and_a_dead_worker(postg
     params = [tuple(round(v, 9) for v in t.params.values()) for t in ran]
     assert len(set(params)) == len(params)  # pending points honoured: no condition proposed twice
     assert set(rows["platform"]) == set(REACTORS)
+
+    # The lot has waited for its operator longer than a silent run is given, and is still waiting.
+    while (state := lab.state(lot))["type"] == "PAUSED" and paused_for(state) < local.SILENCE_S + 5:
+        time.sleep(1)
+    assert state["type"] == "PAUSED", f"the lot is {state['type']}: {state['message']}\n{lab.logs(lot)[-3000:]}"
+    print(f"the lot waited {paused_for(state):.0f} s for its operator")
+    reply = lab.http.post(f"/flow_runs/{lot}/resume", json={"run_input": {"refilled": False, "note": "end of shift"}})
+    assert reply.status_code == 201 and reply.json()["status"] == "ACCEPT", reply.text
+    assert lab.wait(lot, timeout_s=120)["type"] == "COMPLETED", lab.logs(lot)[-3000:]
+
+
+def paused_for(state: dict) -> float:
+    """Seconds since a run entered `state`."""
+    from datetime import UTC, datetime
+
+    return (datetime.now(UTC) - datetime.fromisoformat(state["timestamp"])).total_seconds()
 
 
 def in_flight(storage: str, campaign: str, pids: list[int]) -> int | None:
