@@ -112,13 +112,31 @@ def pytest_xdist_make_scheduler(config, log):
     return ModulesAndSharedServer(config, log)
 
 
+_ui_labs: list = []
+"""The running shared lab (its generator), stopped after the last test on it."""
+
+
 @pytest.fixture(scope="session")
 def ui_lab(tmp_path_factory):
     """A Prefect server, the deployments and a worker, as `make server deploy worker` makes them
-    (tests/prefect_lab.py): started on first use, shared by the session, stopped at its end."""
+    (tests/prefect_lab.py): started on first use and shared; stopped after the last test on it
+    (`pytest_runtest_teardown`), as its server and worker poll all the time, or at the session's end."""
     from prefect_lab import running_lab
 
-    yield from running_lab(tmp_path_factory)
+    lab = running_lab(tmp_path_factory)
+    _ui_labs.append(lab)
+    try:
+        yield next(lab)
+    finally:
+        lab.close()  # stops it, unless that was done already
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_runtest_teardown(item, nextitem):
+    """The tests on the shared lab run one after the other (`pytest_collection_modifyitems`): after
+    the last of them, stop it, so it does not take CPU from the tests that run after it."""
+    if _ui_labs and _on_ui_lab(item) and (nextitem is None or not _on_ui_lab(nextitem)):
+        _ui_labs.pop().close()
 
 
 @pytest.fixture(scope="session")

@@ -282,7 +282,8 @@ def test_a_worker_killed_mid_campaign_leaves_it_resumable_and_the_reactor_comes_
 
 def test_without_a_server_the_lock_is_a_file_lock_the_os_frees_when_its_holder_dies(tmp_path, caplog):
     """Prefect's temporary API cannot expire a killed run's slot, so `sdfl` runs without a server
-    share a file lock instead: a second run waits and names the holder, and a SIGKILL frees it."""
+    share a file lock instead, whatever their Prefect settings (two people at one rig PC, each with
+    a PREFECT_HOME of their own): a second run waits and names the holder, and a SIGKILL frees it."""
     import contextvars
     import logging
     import threading
@@ -291,7 +292,8 @@ def test_without_a_server_the_lock_is_a_file_lock_the_os_frees_when_its_holder_d
 
     from flows.reactor import reactor_lock
 
-    env = {**os.environ, "PREFECT_HOME": str(tmp_path), "PREFECT_API_URL": ""}
+    (tmp_path / "ana").mkdir()
+    env = {**os.environ, "PREFECT_HOME": str(tmp_path / "ana"), "PREFECT_API_URL": ""}
     holder = subprocess.Popen(
         [sys.executable, "-c", "import sys, time\nfrom flows.reactor import reactor_lock\n"
          "with reactor_lock('virtual-cs3cu2i5'):\n    print('held', flush=True)\n    time.sleep(300)\n"],
@@ -305,7 +307,8 @@ def test_without_a_server_the_lock_is_a_file_lock_the_os_frees_when_its_holder_d
                 with reactor_lock("virtual-cs3cu2i5", logging.getLogger("second")):  # re-entrant
                     acquired.set()
 
-        with temporary_settings({PREFECT_HOME: tmp_path, PREFECT_API_URL: None}), caplog.at_level(logging.INFO):
+        with temporary_settings({PREFECT_HOME: tmp_path / "ben", PREFECT_API_URL: None}), \
+                caplog.at_level(logging.INFO):
             thread = threading.Thread(target=contextvars.copy_context().run, args=(second_run,))
             thread.start()
             assert not acquired.wait(1.5)
@@ -313,6 +316,8 @@ def test_without_a_server_the_lock_is_a_file_lock_the_os_frees_when_its_holder_d
             assert acquired.wait(10)
             thread.join(10)
         assert f"busy with another run (pid {holder.pid}, flow run -); waiting" in caplog.text
+        assert "It has held the reactor since" in caplog.text
+        assert "reactor virtual-cs3cu2i5 acquired after" in caplog.text
     finally:
         if holder.poll() is None:
             os.killpg(holder.pid, signal.SIGKILL)

@@ -2,12 +2,7 @@
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
 import time
-from pathlib import Path
 
 import pytest
 
@@ -17,8 +12,6 @@ from hardware.clock import SimClock
 from hardware.errors import PumpStalled, SdflInputError
 from hardware.rig import open_rig
 from tasks.storage import read_experiments
-
-REPO = Path(__file__).resolve().parents[1]
 
 
 def reactors(platform, n, first_seed=50):
@@ -92,48 +85,3 @@ def test_bad_reactor_settings_are_refused_before_anything_runs(tmp_path, setting
         optimize(campaign="bad", budget=3, initial=2, data_root=str(tmp_path), explain=False, **settings)
     assert not (tmp_path / "experiments").exists()  # nothing was run or recorded
 
-
-PACED_PLATFORM = """[platform]
-name = "paced-cs3cu2i5"
-base = "virtual-cs3cu2i5"
-
-[virtual]
-pace = 120.0  # simulated seconds per wall second: an experiment keeps the rig for 5 s and more
-"""
-"""The reactor of both runs. Its pace keeps an experiment on the rig for 5 s plus its computing, so
-that the second run finds the reactor taken: the two runs reach it 1-2 s apart, and up to about 10 s
-apart on a machine loaded five times over, where the computing alone keeps the rig 7-12 s. Not
-longer: the second run's experiment costs the test as much wall time."""
-
-
-@pytest.mark.slow
-def test_two_sdfl_runs_with_their_own_prefect_settings_take_turns_on_one_reactor(tmp_path):
-    """Two people start `sdfl experiment` on the same reactor at the same time, each with their own
-    PREFECT_HOME (so each its own temporary Prefect server) and data root. The reactor is one lock
-    whatever the Prefect settings: one run waits for the other and says who holds the reactor."""
-    platform_file = tmp_path / "paced.toml"
-    platform_file.write_text(PACED_PLATFORM)
-    runs = {}
-    for who in ("ana", "ben"):
-        (tmp_path / who).mkdir()  # Prefect creates PREFECT_HOME, not its parent folders
-        env = {**os.environ, "PREFECT_HOME": str(tmp_path / who / "prefect"), "SDFL_LOCK_DIR": str(tmp_path / "locks")}
-        env.pop("PREFECT_API_URL", None)
-        runs[who] = subprocess.Popen(
-            [sys.executable, "-m", "flows.cli", "experiment", "--platform", str(platform_file), "--campaign", "turns",
-             "--data-root", str(tmp_path / who / "data")],
-            cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
-    try:
-        output = {who: run.communicate(timeout=400)[0] for who, run in runs.items()}
-    finally:
-        for run in runs.values():
-            if run.poll() is None:
-                os.killpg(run.pid, signal.SIGKILL)
-    for who, run in runs.items():
-        assert run.returncode == 0, output[who][-3000:]
-
-    rows = {who: read_experiments(tmp_path / who / "data", "turns").iloc[0] for who in runs}
-    first, second = sorted(runs, key=lambda who: rows[who]["started_at"])
-    assert rows[first]["finished_at"] <= rows[second]["started_at"]  # never both on the rig at once
-    waited = output[second]
-    assert f"reactor paced-cs3cu2i5 is busy with another run (pid {runs[first].pid}, flow run " in waited, waited
-    assert "It has held the reactor since" in waited and "reactor paced-cs3cu2i5 acquired after" in waited
