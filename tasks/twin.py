@@ -5,13 +5,15 @@ noise, for many conditions at once, through the same formulation and feature cod
 
 The true optimum takes a minute or more of differential evolution on the full spectral twin, so
 it is computed once for each shipped platform and objective and shipped beside the platform files
-(`hardware/platforms/twin-optima.json`; `python -m tasks.twin` recomputes it). A user's own
+(`hardware/platforms/twin-optima.json`; `python -m tasks.twin` recomputes it); a copy of a
+shipped platform that changes nothing of its twin (`TWIN_NEUTRAL`) uses it too. A user's own
 platform gets a bounded search (about ten seconds) that logs its progress, cached under the data
 root; its value is an estimate and is marked so.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -142,13 +144,41 @@ def objective_name(objective) -> str:
     return objective if isinstance(objective, str) else objective.expression
 
 
+TWIN_NEUTRAL = {"source": True, "sha256": True, "platform": {"name": True, "base": True, "description": True},
+                "virtual": {"pace": True}}
+"""What a platform may change without changing its twin: its name, base and description, where
+it was read from, and how fast the virtual lab's clock runs against the wall's."""
+
+
+def twin_fingerprint(platform: PlatformConfig) -> str:
+    """A hash of everything in the platform that shapes its twin's response (not TWIN_NEUTRAL)."""
+    data = platform.model_dump(mode="json", exclude=TWIN_NEUTRAL)
+    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
+
+
+@functools.cache
+def _shipped_fingerprints() -> dict[str, str]:
+    """Twin fingerprint -> the shipped platform it belongs to (for files unchanged since shipping)."""
+    from hardware.platform import load_platform
+
+    table = json.loads(SHIPPED_OPTIMA.read_text()) if SHIPPED_OPTIMA.exists() else {}
+    found = {}
+    for name, entry in sorted(table.items()):
+        shipped = load_platform(name)
+        if shipped.sha256 == entry.get("sha256"):
+            found.setdefault(twin_fingerprint(shipped), name)
+    return found
+
+
 def shipped_optimum(platform: PlatformConfig, objective) -> Optimum | None:
-    """The optimum shipped for this exact platform file and objective, if there is one."""
+    """The optimum shipped for this platform and objective, if there is one: the platform's own,
+    or that of a shipped platform with the same twin (a copy under another name, or paced)."""
     if not SHIPPED_OPTIMA.exists():
         return None
-    entry = json.loads(SHIPPED_OPTIMA.read_text()).get(platform.platform.name, {})
+    table = json.loads(SHIPPED_OPTIMA.read_text())
+    entry = table.get(platform.platform.name, {})
     if entry.get("sha256") != platform.sha256:
-        return None
+        entry = table.get(_shipped_fingerprints().get(twin_fingerprint(platform), ""), {})
     found = entry.get("objectives", {}).get(objective_name(objective))
     return Optimum(found["condition"], found["value"], objective_name(objective)) if found else None
 

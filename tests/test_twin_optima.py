@@ -48,8 +48,12 @@ def test_campaign_reports_use_the_shipped_optimum_and_bound_the_search_elsewhere
     shipped = cached_true_optimum(platform, "PL_I", tmp_path)
     assert shipped.exhaustive and shipped.value == SHIPPED[platform.platform.name]["objectives"]["PL_I"]["value"]
     assert not (tmp_path / "twin").exists()  # nothing searched, nothing cached
-    edited = tmp_path / "edited.toml"  # a user's own platform: same chemistry, another file
-    edited.write_text(open(platform.source).read().replace("# --- pumps", "# my pumps"))
+    copy = tmp_path / "rig-a.toml"  # the same twin under another name, paced as a rig: the shipped optimum
+    copy.write_text(f'[platform]\nname = "rig-a"\nbase = "{platform.source}"\n\n[virtual]\npace = 120.0\n')
+    assert cached_true_optimum(load_platform(copy), "PL_I", tmp_path) == shipped
+    assert not (tmp_path / "twin").exists()
+    edited = tmp_path / "edited.toml"  # a user's own platform: same chemistry, noisier process
+    edited.write_text(f'[platform]\nname = "edited"\nbase = "{platform.source}"\n\n[virtual]\nprocess_noise = 0.02\n')
     with caplog.at_level(logging.INFO, logger="tasks.twin"):
         estimate = cached_true_optimum(load_platform(edited), "PL_I", tmp_path)
     assert not estimate.exhaustive and 0.9 * shipped.value < estimate.value <= 1.001 * shipped.value
