@@ -152,12 +152,10 @@ def running_lab(tmp_path_factory):
     api = f"http://127.0.0.1:{port}/api"
     processes: list[subprocess.Popen] = []
     try:
-        # The repossessor frees the slots of expired leases (a killed run) every second, not 15 s,
-        # and a run refused a reactor's slot asks again after ~1 s, not after as long as the slot is
-        # held on average (up to 30 s, +30 % jitter: the server's default): a run that waits for a
-        # killed run's lease takes the reactor within a second or two of the lease's end.
+        # A run refused a reactor's slot asks again after ~1 s, not after as long as the slot is
+        # held on average (up to 30 s, +30 % jitter: the server's default): the flows started at
+        # once take the reactor in turn with no idle gaps.
         processes.append(local.start_server(home, "127.0.0.1", port,
-                                            PREFECT_SERVER_SERVICES_REPOSSESSOR_LOOP_SECONDS="1",
                                             PREFECT_SERVER_CONCURRENCY_MAXIMUM_CONCURRENCY_SLOT_WAIT_SECONDS="1"))
         subprocess.run([sys.executable, str(REPO / "deployments" / "local.py"), "deploy", "--home", str(home),
                         "--port", str(port)], cwd=REPO, check=True, timeout=300,
@@ -190,6 +188,7 @@ def running_postgres_lab(tmp_path_factory, cluster, reactors: dict[str, str]):
     api = f"http://127.0.0.1:{port}/api"
     processes: list[subprocess.Popen] = []
     try:
+        # The repossessor frees the slots of expired leases (a killed run) every second, not 15 s.
         server = dict(home=home, host="127.0.0.1", port=port, database=cluster.url("prefect", "asyncpg"),
                       PREFECT_SERVER_SERVICES_REPOSSESSOR_LOOP_SECONDS="1",
                       PREFECT_SERVER_CONCURRENCY_MAXIMUM_CONCURRENCY_SLOT_WAIT_SECONDS="1")

@@ -1,6 +1,6 @@
 """The real client: a Prefect server on loopback, the deployments of deployments/prefect.yaml, a
-process worker, runs triggered through the REST API as the UI does, invalid parameters, and a
-worker killed in the middle of a campaign. Everything it starts, it stops.
+process worker, runs triggered through the REST API as the UI does, and invalid parameters.
+Everything it starts, it stops. (A worker killed mid-campaign: tests/test_lab_postgres.py.)
 """
 
 from __future__ import annotations
@@ -12,16 +12,13 @@ import subprocess
 import sys
 import time
 
-import optuna
 import pandas as pd
 import pytest
-from prefect_lab import BUDGET, CAMPAIGN, FINAL, REACTOR, REPO, descendants, local
+from prefect_lab import BUDGET, CAMPAIGN, REACTOR, REPO, local
 
 from flows.settings import bounds_text, centred
 from hardware.platform import load_platform
 from hardware.units import unit_label
-from tasks.ledger import storage_url
-from tasks.storage import experiment_ids
 
 pytestmark = pytest.mark.slow
 
@@ -227,57 +224,6 @@ def test_without_schema_enforcement_the_flow_itself_fails_the_run_naming_the_fie
         logs = ui_lab.http.post("/logs/filter", json={"logs": {"flow_run_id": {"any_": [reply.json()["id"]]}}}).json()
         text = "\n".join(entry["message"] for entry in logs)
     assert "budget must be at least 1" in text and "Traceback" not in text, text  # what the UI shows: one line
-
-
-def test_a_worker_killed_mid_campaign_leaves_it_resumable_and_the_reactor_comes_back(ui_lab):
-    """SIGKILL of the worker and its flow run (a machine that dies): nothing runs the hooks.
-
-    The killed run's heartbeat stops, and the automation `make deploy` sets up marks it Crashed
-    within 90 s; its reactor slot stays taken until the lease (60 s) expires and the server frees
-    it. The same campaign started again from the UI waits for the reactor, says so, and resumes:
-    no recorded experiment lost, none duplicated, the one in flight recorded as crashed.
-    """
-    root = ui_lab.data / "killed"
-    # Killed once 2 experiments are recorded, inside a Latin-hypercube design of 3: the run started
-    # again finishes the design, then goes on with the policy.
-    campaign = {"campaign": "killed", "budget": 5, "initial": 3, "platform": REACTOR, "data_root": str(root),
-                "explain": False}
-    run = ui_lab.trigger("optimize", campaign).json()
-    deadline = time.monotonic() + 120
-    while len(experiment_ids(root, "killed")) < 2:
-        assert ui_lab.state(run["id"])["type"] not in FINAL, ui_lab.logs(run["id"])[-3000:]
-        assert time.monotonic() < deadline, "the campaign did not record two experiments in time"
-        time.sleep(0.1)
-    worker = local.running(f"worker-{REACTOR}", ui_lab.home)
-    victims = [worker, *descendants(worker)]
-    assert len(victims) >= 2  # the worker and the flow run's process (a session of its own)
-    for sig in (signal.SIGSTOP, signal.SIGKILL):  # freeze all first, so none can report anything
-        for pid in victims:
-            os.kill(pid, sig)
-    killed_at = time.monotonic()
-    before = pd.read_parquet(root / "experiments")
-    assert ui_lab.reactor_slots() == 1  # still held by the dead run's lease
-    assert ui_lab.state(run["id"])["type"] == "RUNNING"
-
-    ui_lab.start_worker()
-    again = ui_lab.trigger("optimize", campaign).json()
-    state = ui_lab.wait(again["id"], timeout_s=150)
-    logs = ui_lab.logs(again["id"])
-    assert state["type"] == "COMPLETED", logs[-3000:]
-    assert f"reactor {REACTOR} is busy with another run; waiting" in logs
-    assert f"reactor {REACTOR} acquired after" in logs
-
-    rows = pd.read_parquet(root / "experiments")
-    assert rows["experiment_id"].is_unique and len(rows) == campaign["budget"]
-    assert set(before["experiment_id"]) <= set(rows["experiment_id"])
-    assert (rows["status"] == "crashed").sum() <= 1 and set(rows["status"]) <= {"completed", "crashed"}
-    study = optuna.load_study(study_name="killed", storage=storage_url(str(root)))
-    assert len(study.trials) == campaign["budget"]
-    assert ui_lab.reactor_slots() == 0
-    while (first := ui_lab.state(run["id"]))["type"] != "CRASHED":  # its heartbeat stopped with it
-        assert time.monotonic() - killed_at < 90, f"the killed run is still {first['type']} 90 s after the kill"
-        time.sleep(1)
-    assert "no heartbeat" in first["message"]
 
 
 def test_without_a_server_the_lock_is_a_file_lock_the_os_frees_when_its_holder_dies(tmp_path, caplog):
