@@ -37,10 +37,6 @@ from hardware.errors import ReactorLockUnusable
 LOCK_DIR_ENV = "SDFL_LOCK_DIR"
 """Environment variable naming the folder of the reactor lock files (default: see `lock_folder`)."""
 
-LEASE_SECONDS = 60.0
-"""How long the server keeps the slot of a run that stopped renewing it (a killed process).
-Renewed every 3/4 of it while held; 60 s is the server's minimum."""
-
 WAIT_NOTICE_SECONDS = 1.0
 """A run still waiting for the reactor after this long logs that it is waiting."""
 
@@ -237,8 +233,8 @@ def ensure_reactor_limit(platform_name: str) -> bool:
 
 
 def _acquire_slot(stack: ExitStack, name: str, platform_name: str, log) -> None:
-    """Take the limit's slot, creating the limit first if it does not exist yet."""
-    from prefect.concurrency.asyncio import ConcurrencySlotAcquisitionError
+    """Take the limit's slot (flows/lease.py), creating the limit first if it does not exist yet."""
+    from flows.lease import LimitMissing
 
     notice = threading.Timer(WAIT_NOTICE_SECONDS, log.info,
                              ("reactor %s is busy with another run; waiting", platform_name))
@@ -247,9 +243,7 @@ def _acquire_slot(stack: ExitStack, name: str, platform_name: str, log) -> None:
     try:
         try:
             stack.enter_context(_slot(name))
-        except ConcurrencySlotAcquisitionError as exc:
-            if exc.__cause__ is not None:  # an HTTP or connection error, not a missing limit
-                raise
+        except LimitMissing:
             if ensure_reactor_limit(platform_name):
                 log.info("created the concurrency limit %s (1 slot)", name)
             stack.enter_context(_slot(name))
@@ -259,9 +253,10 @@ def _acquire_slot(stack: ExitStack, name: str, platform_name: str, log) -> None:
 
 def _slot(name: str):
     from prefect.client.schemas.objects import ConcurrencyLeaseHolder
-    from prefect.concurrency.sync import concurrency
     from prefect.runtime import flow_run
+
+    from flows.lease import held_slot
 
     run_id = flow_run.get_id()
     holder = ConcurrencyLeaseHolder(type="flow_run", id=run_id) if run_id else None
-    return concurrency(name, occupy=1, strict=True, lease_duration=LEASE_SECONDS, holder=holder)
+    return held_slot(name, holder)
