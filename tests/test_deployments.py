@@ -270,6 +270,15 @@ def test_without_a_server_the_lock_is_a_file_lock_the_os_frees_when_its_holder_d
         holder.wait(10)
 
 
+def run_on_lab(lab, script: str) -> subprocess.CompletedProcess:
+    """Run `script` in a Python process whose Prefect client talks only to `lab`; it must succeed."""
+    env = {**os.environ, "PREFECT_API_URL": lab.api, "PREFECT_HOME": str(lab.home)}
+    done = subprocess.run([sys.executable, "-c", script], cwd=REPO, env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done
+
+
 def test_a_campaign_runs_its_experiments_on_a_reactor_through_its_deployment(ui_lab):
     """The campaign process keeps the study; each experiment is a run of the reactor's
     run-experiment deployment, executed by the reactor's worker, and lands in the shared dataset.
@@ -286,10 +295,7 @@ def test_a_campaign_runs_its_experiments_on_a_reactor_through_its_deployment(ui_
         "state = run_campaign(reactors, plan, PLAIN_STEPS)\n"
         "print('values', state.values)\n"
     )
-    env = {**os.environ, "PREFECT_API_URL": ui_lab.api, "PREFECT_HOME": str(ui_lab.home)}
-    done = subprocess.run([sys.executable, "-c", script], cwd=REPO, env=env, capture_output=True, text=True,
-                          timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]
+    run_on_lab(ui_lab, script)
 
     rows = pd.read_parquet(root / "experiments")
     assert sorted(rows["experiment_id"]) == ["remote-t0000", "remote-t0001", "remote-t0002"]
@@ -318,10 +324,7 @@ def test_a_remote_reactor_tells_the_campaign_what_kind_of_failure_it_was(ui_lab)
         "except SdflInputError as exc:\n"
         "    print('refused:', exc)\n"
     )
-    env = {**os.environ, "PREFECT_API_URL": ui_lab.api, "PREFECT_HOME": str(ui_lab.home)}
-    done = subprocess.run([sys.executable, "-c", script], cwd=REPO, env=env, capture_output=True, text=True,
-                          timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]
+    done = run_on_lab(ui_lab, script)
     assert "first: completed" in done.stdout, done.stdout
     assert "refused: run-experiment/" in done.stdout and "already recorded" in done.stdout, done.stdout
 
