@@ -16,6 +16,7 @@ from sklearn.metrics import r2_score
 from hardware.platform import PlatformConfig
 from tasks import explain, ledger, reports, storage
 from tasks.surrogate import data_key, from_unit, holdout_r2, make_surrogate, save_model, to_unit
+from tasks.threads import single_threaded
 
 
 def campaign_folder(root, campaign: str) -> Path:
@@ -75,6 +76,7 @@ def trials_table(study) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+@single_threaded
 def build_report(platform: PlatformConfig, study, objective, surrogate: str, prior, root, campaign: str,
                  seed: int = 0, explain_model: bool = True, publish: bool = True) -> dict[str, Any]:
     """Train the final surrogate, measure it, explain it, save and publish. Returns the summary."""

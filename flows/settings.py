@@ -252,15 +252,16 @@ def settings_flow(model: type[FlowSettings], **flow_options: Any):
     Python callers call the flow with plain keywords; the model checks them (a wrong one raises
     SdflInputError naming it) before the body runs. Prefect's own parameter check is off: it
     would check the same bounds again with messages of its own. The body runs with the flow run's
-    own heartbeat (flows/beat.py).
+    own heartbeat (flows/beat.py) and one BLAS/OpenMP thread (tasks/threads.py).
     """
 
     def decorate(body):
         def run(**values: Any):
             from flows.beat import beating
+            from tasks.threads import one_thread
 
             settings = model.from_values(values)
-            with beating():
+            with beating(), one_thread():
                 return body(settings)
 
         for attr in ("__name__", "__qualname__", "__module__", "__doc__"):

@@ -37,6 +37,7 @@ from scipy import optimize, stats
 from scipy.stats import qmc
 
 from tasks.surrogate import SurrogateKind, make_surrogate
+from tasks.threads import single_threaded
 
 Policy = Literal["mv", "ivr", "ei", "ucb", "eplt", "random"]
 POLICIES: tuple[str, ...] = ("mv", "ivr", "ei", "ucb", "eplt", "random")
@@ -216,6 +217,7 @@ def _kriging_believer(surrogates: _Surrogates, scoring: Scoring, value: Callable
     return np.array(points)
 
 
+@single_threaded
 def propose(
     policy: Policy,
     X: np.ndarray,
@@ -320,6 +322,7 @@ def expected_desirability_gain(means: np.ndarray, sds: np.ndarray, desirability,
     return gain, values.mean(axis=0), shortfall
 
 
+@single_threaded
 def propose_by_desirability(
     X: np.ndarray,
     Y: np.ndarray,

@@ -27,6 +27,7 @@ from sklearn.metrics import r2_score
 from sklearn.neural_network import MLPRegressor
 
 from hardware.platform import PlatformConfig
+from tasks.threads import single_threaded
 
 SurrogateKind = Literal["gp", "ensemble"]
 
@@ -158,6 +159,7 @@ def make_surrogate(kind: SurrogateKind, seed: int = 0) -> Surrogate:
     raise ValueError(f"unknown surrogate {kind!r}: use 'gp' or 'ensemble'")
 
 
+@single_threaded
 def holdout_r2(kind: SurrogateKind, X: np.ndarray, y: np.ndarray, test_fraction: float = 0.2,
                seed: int = 0) -> float:
     """R^2 on a random held-out share of the data (80/20 by default), model fitted on the rest.

@@ -400,3 +400,27 @@ def test_campaign_seeds_give_independent_streams_per_trial():
     streams = {(seed, n): trial_seed(seed, n) for seed in range(1, 11) for n in range(30)}
     assert len(set(streams.values())) == len(streams)
     assert trial_seed(2, 5) != trial_seed(1, 6) and trial_seed(3, 0) == trial_seed(3, 0)
+
+
+def test_proposals_fit_and_score_on_one_blas_thread():
+    """A proposal's numerics run on one BLAS/OpenMP thread (a second one only spin-waits for a
+    core on a busy machine), and the process's own limits come back afterwards."""
+    from threadpoolctl import threadpool_info
+
+    from tasks.surrogate import GaussianProcess
+
+    def blas_threads() -> set[int]:
+        return {lib["num_threads"] for lib in threadpool_info() if lib["user_api"] == "blas"}
+
+    seen: list[set[int]] = []
+
+    class Watched(GaussianProcess):
+        def fit(self, X, y):
+            seen.append(blas_threads())
+            return super().fit(X, y)
+
+    before = blas_threads()
+    X, y = _two_points()
+    propose("ei", X, y, model=Watched(seed=0))
+    assert seen and all(threads == {1} for threads in seen), seen
+    assert blas_threads() == before
