@@ -92,11 +92,9 @@ def platform():
 def true_objective():
     """The objective as the twin evaluates it: a feature name, or the parsed formula."""
     if "objective" not in _CACHE:
-        from tasks.features import FeatureSettings, feature_columns
-        from tasks.objective import parse_objective
+        from tasks.twin import as_objective
 
-        columns = feature_columns(FeatureSettings.from_config(platform().features))
-        _CACHE["objective"] = OBJECTIVE if OBJECTIVE in columns else parse_objective(OBJECTIVE, columns)
+        _CACHE["objective"] = as_objective(OBJECTIVE, platform())
     return _CACHE["objective"]
 
 

@@ -183,22 +183,24 @@ class TwinProblem:
 
     @cached_property
     def objective(self) -> str:
+        """The platform's default objective: PL_I, or its PLQY proxy."""
         from _campaigns import platform_objective
 
         return platform_objective(self.platform_name)
 
     def truth(self, U: np.ndarray) -> np.ndarray:
         from tasks.surrogate import from_unit
+        from tasks.twin import as_objective
 
         twin, platform = self._twin
-        return twin.objective(from_unit(platform, np.atleast_2d(U)), self.objective)
+        return twin.objective(from_unit(platform, np.atleast_2d(U)), as_objective(self.objective, platform))
 
     @cached_property
     def optimum(self) -> float:
+        """The shipped optimum of the twin (differential evolution + polish, computed once)."""
         from tasks.twin import shipped_optimum
 
-        found = shipped_optimum(self._twin[1], self.objective)
-        return float(found.value)
+        return float(shipped_optimum(self._twin[1], self.objective).value)
 
     argmax = None
     note = "noiseless digital twin"

@@ -216,7 +216,7 @@ def ship_optima(platforms: list[str]) -> dict:
         entry = {"sha256": platform.sha256, "objectives": {}}
         for objective in shipped_objectives(platform):
             started = time.monotonic()
-            optimum = twin.true_optimum(_as_objective(objective, platform))
+            optimum = twin.true_optimum(as_objective(objective, platform))
             entry["objectives"][objective] = {"value": optimum.value, "condition": optimum.condition}
             print(f"{name} {objective}: {optimum.value:.6g} ({time.monotonic() - started:.0f} s)")
         table[name] = entry
@@ -224,7 +224,7 @@ def ship_optima(platforms: list[str]) -> dict:
     return table
 
 
-def _as_objective(expression: str, platform: PlatformConfig):
+def as_objective(expression: str, platform: PlatformConfig):
     """A feature name stays a name; a formula becomes the campaign's Objective."""
     from tasks.features import feature_columns
     from tasks.objective import parse_objective

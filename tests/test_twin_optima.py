@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from hardware.platform import load_platform, shipped_platforms
-from tasks.twin import SHIPPED_OPTIMA, DigitalTwin, _as_objective, cached_true_optimum, shipped_objectives
+from tasks.twin import SHIPPED_OPTIMA, DigitalTwin, as_objective, cached_true_optimum, shipped_objectives
 
 TWINS = [name for name in shipped_platforms() if load_platform(name).platform.kind != "real"]
 SHIPPED = json.loads(SHIPPED_OPTIMA.read_text())
@@ -31,7 +31,7 @@ def test_a_shipped_optimum_is_the_twins_value_there_and_beats_its_neighbours_and
     low, high = np.array(twin._bounds).T
     rng = np.random.default_rng(11)
     for expression, shipped in SHIPPED[name]["objectives"].items():
-        objective = _as_objective(expression, platform)
+        objective = as_objective(expression, platform)
         x = np.array([shipped["condition"][n] for n in platform.parameter_names])
         assert twin.objective(x, objective)[0] == pytest.approx(shipped["value"], rel=1e-6), FIX
         steps = np.diag(0.01 * (high - low))  # one percent of each range, both ways
