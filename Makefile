@@ -32,18 +32,22 @@ server deploy worker ui-stop: export PREFECT_HOME := $(PREFECT_LOCAL)
 
 install: $(STAMP)
 
+# uv resolves the same ranges as pip and installs in about 40 s instead of about 110 s (parallel
+# downloads and unpacking); it compiles the bytecode up front, as pip does, so no process has to
+# compile the libraries it imports (some machines set PYTHONDONTWRITEBYTECODE).
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	@$(BIN)/python -m pip install --quiet --disable-pip-version-check --upgrade "pip>=24"
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev,dashboard,postgres]'
+	@$(BIN)/python -m pip install --quiet --disable-pip-version-check "uv>=0.9,<1"
+	$(BIN)/python -m uv pip install --quiet --python $(BIN)/python --compile-bytecode -e '.[dev,dashboard,postgres]'
 	@touch $(STAMP)
 
 demo: $(STAMP)
 	$(BIN)/sdfl demo
 
-# Two test processes; each module runs whole in one of them (module fixtures are set up once), and the
-# tests on the shared Prefect server form one group that starts first. TEST_WORKERS=0 runs them in one.
-TEST_WORKERS ?= 2
+# Three test processes on two cores (much of the suite waits on servers, leases and subprocesses);
+# each module runs whole in one of them (module fixtures are set up once), and the tests on the
+# shared Prefect server form one group that starts first. TEST_WORKERS=0 runs them in one.
+TEST_WORKERS ?= 3
 test: $(STAMP) browser postgresql
 	$(BIN)/python -m pytest $(if $(filter-out 0,$(TEST_WORKERS)),-n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder)
 

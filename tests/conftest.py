@@ -86,13 +86,13 @@ def _on_ui_lab(item) -> bool:
 @pytest.hookimpl(trylast=True)  # after pytest's own grouping by fixture
 def pytest_collection_modifyitems(config, items):
     """In one process the tests on the shared Prefect server run last, so its server and workers,
-    which poll all the time, are up only while they run. In `make test`'s two processes they
+    which poll all the time, are up only while they run. In `make test`'s several processes they
     start first: the longest unit of work then runs beside all the others."""
     strays = sorted({item.nodeid.split("::")[0] for item in items if _on_ui_lab(item)} - set(UI_LAB_MODULES))
     if strays:
         raise pytest.UsageError(f"tests on the shared Prefect server in {strays}: add the module to UI_LAB_MODULES")
-    in_two = hasattr(config, "workerinput")
-    items.sort(key=lambda item: _on_ui_lab(item) != in_two)
+    in_several = hasattr(config, "workerinput")
+    items.sort(key=lambda item: _on_ui_lab(item) != in_several)
 
 
 @pytest.hookimpl(optionalhook=True)
