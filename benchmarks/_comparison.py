@@ -15,6 +15,7 @@ import _peers
 import _public_set
 import numpy as np
 
+PEER_ORDER = ("optuna-gp", "botorch-qlognei", "skopt-gp", "optuna-tpe", "random")
 TARGET = 0.95
 DESIGN = 9
 """Latin-hypercube points every optimizer starts from."""

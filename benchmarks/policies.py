@@ -15,13 +15,18 @@ Prefect) and judges every campaign against the noiseless digital twin (`tasks.tw
    number of experiments n, for IVR and MV (the explore campaigns' first n), random (a random
    campaign's first n) and LHS-only (a Latin-hypercube design of n points, no policy);
 5. orchestration overhead per iteration (fit + propose, Optuna ask/tell, Parquet record, Prefect)
-   at 30/100/300 experiments, apart from the simulated-lab time, run alone after the seeds.
+   at 30/100/300 experiments, apart from the simulated-lab time, run alone after the seeds;
+6. our default policy beside its peers (Optuna GP and TPE, BoTorch qLogNEI, scikit-optimize,
+   random) on a public test set: synthetic surfaces and the shipped twins, every optimizer from the
+   same design with the same noise (`_comparison.py`, `_public_set.py`, `_peers.py`). Peers whose
+   libraries are missing are named and skipped (`pip install -e '.[gp]'`).
 
 Prints markdown tables to stdout (progress to stderr) and writes them to
 benchmarks/results/policies.md. An operator refill step runs between experiments when a syringe
 falls below 20 % (a 100 mL PFO syringe lasts ~42 experiments); see `_campaigns.keep_filled`.
 
     .venv/bin/python benchmarks/policies.py [--seeds 10] [--quick] [--processes 2]
+    .venv/bin/python benchmarks/policies.py --comparison-only [--problems hartmann6,boundary7]
 """
 
 from __future__ import annotations
@@ -401,7 +406,14 @@ def main() -> None:
     parser.add_argument("--out", default=None, help="default: results/policies.md (or policies-<platform>.md)")
     parser.add_argument("--seeds-from", default=None,
                         help="reuse the seed campaigns saved by an earlier run (<out>.seeds.pkl); runs only (5)")
+    parser.add_argument("--no-comparison", action="store_true", help="skip the comparison with the peers (6)")
+    parser.add_argument("--comparison-only", action="store_true", help="run only the comparison with the peers (6)")
+    parser.add_argument("--problems", default=None,
+                        help="comma-separated problems of the comparison (default: the whole public set)")
     args = parser.parse_args()
+    if args.comparison_only:
+        run_comparison_only(args)
+        return
     if args.platform == "all":
         run_every_platform(sys.argv[1:])
         return
@@ -422,13 +434,48 @@ def main() -> None:
             results = run_seeds(cfg, args.processes, optimum_root)
             Path(args.out).with_suffix(".seeds.pkl").write_bytes(pickle.dumps(results))
         overhead = None if args.no_overhead else measure_overhead(cfg, optimum_root)
+    text = report(cfg, results, overhead, time.perf_counter() - t0, sys.argv[1:])
+    if not args.no_comparison:
+        text += "\n" + comparison_section(cfg, args)
     wall = time.perf_counter() - t0
-    text = report(cfg, results, overhead, wall, sys.argv[1:])
     print(text)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(text)
     log(f"written to {out}; wall time {wall / 60:.1f} min")
+
+
+def comparison_section(cfg: dict, args) -> str:
+    """Section 6: our default beside the peers on the public test set."""
+    import _comparison as K
+
+    from tasks.samplers import DEFAULT_POLICY
+
+    optimizers, skipped = K.available([f"sdfl-{DEFAULT_POLICY['optimize']}", *K.PEER_ORDER])
+    only = args.problems.split(",") if args.problems else None
+    todo = K.jobs(optimizers, cfg["seeds"], cfg["budget"], only)
+    log(f"comparison: {len(todo)} runs of {', '.join(optimizers)} on {args.processes} processes ...")
+    results = K.run_all(todo, args.processes, log)
+    head = [f"## 6. Against the peers: the public test set ({cfg['seeds']} seeds, budget {cfg['budget']})", "",
+            f"Every optimizer starts from the same {K.DESIGN} Latin-hypercube points of a seed and sees the same "
+            "noise draws (1.5 % multiplicative); peers at their libraries' defaults. Values are the TRUE value at "
+            "the best measured point so far, as % of the problem's optimum; seeds that never reach 95 % count as "
+            "> budget. One BLAS thread for everyone.", ""]
+    return "\n".join(head + K.report(results, optimizers, skipped, cfg["budget"])) + "\n"
+
+
+def run_comparison_only(args) -> None:
+    cfg = settings(args)
+    C.quiet()
+    t0 = time.perf_counter()
+    text = comparison_section(cfg, args)
+    print(text)
+    out = Path(args.out or HERE / "results" / "comparison.md")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(f"`{' '.join(['benchmarks/policies.py', *sys.argv[1:]])}`, "
+                   f"{dt.datetime.now().strftime('%Y-%m-%d %H:%M')}, wall {(time.perf_counter() - t0) / 60:.1f} min\n\n"
+                   + text)
+    log(f"written to {out}")
 
 
 def run_every_platform(argv: list[str]) -> None:
