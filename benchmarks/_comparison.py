@@ -49,6 +49,9 @@ def run_job(job: tuple) -> dict:
 
 
 def jobs(optimizers: list[str], seeds: int, budget: int, only: list[str] | None = None) -> list[tuple]:
+    unknown = sorted(set(only or ()) - set(problems()))
+    if unknown:
+        raise SystemExit(f"--problems: no problem named {', '.join(unknown)}; choose from {', '.join(problems())}")
     names = [n for n in problems() if not only or n in only]
     out = [(n, o, s, budget) for n in names for s in range(1, seeds + 1) for o in optimizers]
     out += [(LONG_PROBLEM, o, 1, LONG_BUDGET) for o in optimizers]

@@ -9,6 +9,7 @@ named by `missing()` and skipped by the benchmark.
 
 from __future__ import annotations
 
+import abc
 import importlib.util
 import time
 from dataclasses import dataclass, field
@@ -31,7 +32,7 @@ def missing(name: str) -> list[str]:
 
 
 @dataclass
-class Optimizer:
+class Optimizer(abc.ABC):
     """Ask/tell on the unit cube of d inputs; maximises. Subclasses implement `_ask`."""
 
     d: int
@@ -51,8 +52,9 @@ class Optimizer:
         self.cpu_s.append(time.process_time() - started)
         return u
 
+    @abc.abstractmethod
     def _ask(self) -> np.ndarray:
-        raise NotImplementedError
+        """The next unit-cube point, from what was told so far."""
 
 
 @dataclass
@@ -196,6 +198,6 @@ def run(problem, name: str, seed: int, design: np.ndarray, budget: int) -> dict:
     measured = np.array(optimizer.y)
     truth = problem.truth(np.array(points))
     best_so_far = np.maximum.accumulate(measured)
-    leader = np.array([int(np.argmax(measured[:k + 1])) for k in range(len(measured))])
+    leader = np.maximum.accumulate(np.where(measured >= best_so_far, np.arange(len(measured)), 0))
     return {"problem": problem.name, "optimizer": name, "seed": seed, "measured": measured,
             "truth_best": truth[leader], "best_measured": best_so_far, "cpu_s": np.array(optimizer.cpu_s)}
