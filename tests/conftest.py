@@ -20,12 +20,15 @@ def prefect_harness(tmp_path_factory):
         PREFECT_LOCAL_STORAGE_PATH,
         temporary_settings,
     )
-    from prefect.testing.utilities import prefect_test_harness
+    from prefect.testing import utilities
+    from prefect_template import seeded_folder
 
     storage = tmp_path_factory.mktemp("prefect-results")
-    with prefect_test_harness(server_startup_timeout=300):  # a loaded 2-core machine can take minutes
-        with temporary_settings({PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None, PREFECT_LOCAL_STORAGE_PATH: storage}):
-            yield
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(utilities, "mkdtemp", seeded_folder)  # its database starts migrated
+        with utilities.prefect_test_harness(server_startup_timeout=300):  # a loaded 2-core machine can take minutes
+            with temporary_settings({PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None, PREFECT_LOCAL_STORAGE_PATH: storage}):
+                yield
 
 
 @pytest.fixture(scope="session")
@@ -194,6 +197,7 @@ def sdfl(prefect_harness, tmp_path):
     import sys
 
     from prefect.settings import get_current_settings
+    from prefect_template import seed_home
 
     api = get_current_settings().api.url
 
@@ -206,6 +210,8 @@ def sdfl(prefect_harness, tmp_path):
         environment.pop("PREFECT_API_URL", None)
         if server:
             environment["PREFECT_API_URL"] = api
+        else:
+            seed_home(environment["PREFECT_HOME"])  # the temporary server's database starts migrated
         return subprocess.run([sys.executable, "-m", "flows.cli", *args], cwd=REPO_DIR, env=environment,
                               capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
 

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from prefect_template import seed_home
 
 REPO = Path(__file__).resolve().parents[1]
 REACTOR = "virtual-cs3cu2i5"
@@ -146,7 +147,7 @@ class Lab:
 
 def running_lab(tmp_path_factory):
     """Server, work pool, reactor limit, deployments and a worker; all stopped at the end."""
-    home = tmp_path_factory.mktemp("prefect-home")
+    home = seed_home(tmp_path_factory.mktemp("prefect-home"))
     data = tmp_path_factory.mktemp("ui-data")
     port = free_port()
     api = f"http://127.0.0.1:{port}/api"

@@ -11,6 +11,7 @@ import uuid
 
 import pytest
 from prefect_lab import free_port, local
+from prefect_template import seed_home
 
 from flows import lease
 
@@ -24,7 +25,7 @@ def server(tmp_path_factory):
 
     from flows.reactor import ensure_reactor_limit
 
-    home, port = tmp_path_factory.mktemp("lease") / "prefect", free_port()
+    home, port = seed_home(tmp_path_factory.mktemp("lease") / "prefect"), free_port()
     api = f"http://127.0.0.1:{port}/api"
     settings = dict(home=home, host="127.0.0.1", port=port)
     local.start_server(**settings)

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from prefect_template import seed_home
 
 from tasks.storage import read_experiments
 
@@ -28,7 +29,8 @@ pace = 20.0  # simulated seconds per wall second: an experiment keeps the rig fo
 
 def sdfl_env(tmp_path: Path, **extra: str) -> dict[str, str]:
     """sdfl on its own: no Prefect server, Prefect settings and reactor locks of this test only."""
-    env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect"), "SDFL_LOCK_DIR": str(tmp_path / "locks"), **extra}
+    home = seed_home(tmp_path / "prefect")  # the temporary server's database starts migrated
+    env = {**os.environ, "PREFECT_HOME": str(home), "SDFL_LOCK_DIR": str(tmp_path / "locks"), **extra}
     env.pop("PREFECT_API_URL", None)
     return env
 

@@ -8,7 +8,6 @@ benchmarks may also ask the lab for noiseless steady-state spectra (`steady_stat
 from __future__ import annotations
 
 import numpy as np
-from scipy import stats
 
 from hardware.clock import SimClock
 from hardware.platform import PlatformConfig
@@ -29,7 +28,7 @@ from hardware.virtual.optics import (
     led_spectrum,
     render_bands,
 )
-from hardware.virtual.transport import CascadePath, flow_path, mix_stocks
+from hardware.virtual.transport import CascadePath, flow_path, gamma_quantiles, mix_stocks
 
 PL_GAIN_CPS = 4.0e8
 """Counts per second at the PL detector per unit of emission density, LED on."""
@@ -260,14 +259,16 @@ class VirtualLab:
         """Steady-state signals averaged over the zones' time distributions (gamma, equal-weight nodes)."""
         m = np.atleast_1d(np.asarray(reaction_time_s, dtype=float)).size
         names = sorted(zones)
-        u = np.clip(stats.qmc.Sobol(d=len(names), scramble=True, seed=7).random(nodes), 1e-6, 1 - 1e-6)
+        from scipy.stats import qmc  # only here: the lab runs without it (import cost)
+
+        u = np.clip(qmc.Sobol(d=len(names), scramble=True, seed=7).random(nodes), 1e-6, 1 - 1e-6)
         reaction_zone = next((p.zones[0] for p in self.platform.parameters if p.kind == "reaction_time" and p.zones),
                              None)
         spread = {}
         for j, zone in enumerate(names):
             n = zone_tanks(self.platform, zone)
             mean = np.atleast_1d(np.asarray(zones[zone].time_s, dtype=float))
-            spread[zone] = (mean[:, None] * stats.gamma.ppf(u[:, j], a=n, scale=1.0 / n)[None, :]).ravel()
+            spread[zone] = (mean[:, None] * gamma_quantiles(u[:, j], n, 1.0)[None, :]).ravel()
 
         def repeat(a):
             return np.repeat(np.broadcast_to(np.atleast_1d(np.asarray(a, dtype=float)), (m,)), nodes)
