@@ -25,7 +25,7 @@ PG_FOLDER := $(PREFECT_LOCAL)/postgres
 DATA ?= $(or $(SDFL_DATA_ROOT),data)
 DASHBOARD_PORT ?= 8080
 
-.PHONY: demo test install browser postgresql postgres postgres-stop bench clean-data lint server deploy worker ui-stop dashboard
+.PHONY: demo test install gp peers browser postgresql postgres postgres-stop bench clean-data lint server deploy worker ui-stop dashboard
 
 server deploy worker ui-stop: export PREFECT_API_URL := http://$(HOST):$(PORT)/api
 server deploy worker ui-stop: export PREFECT_HOME := $(PREFECT_LOCAL)
@@ -40,6 +40,11 @@ $(STAMP): pyproject.toml
 	@$(BIN)/python -m pip install --quiet --disable-pip-version-check "uv>=0.9,<1"
 	$(BIN)/python -m uv pip install --quiet --python $(BIN)/python --compile-bytecode -e '.[dev,dashboard,postgres]'
 	@touch $(STAMP)
+
+# Optional extras, by pip: it reads PIP_FIND_LINKS, where a machine may keep its CPU build of torch.
+# gp: Optuna's GP sampler (policy gp). peers: the optimizers benchmarks/policies.py compares with.
+gp peers: $(STAMP)
+	$(BIN)/python -m pip install --quiet -e '.[$@]'
 
 demo: $(STAMP)
 	$(BIN)/sdfl demo

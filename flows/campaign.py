@@ -151,7 +151,7 @@ def optimize(settings: OptimizeSettings) -> dict[str, Any]:
 def explore(settings: ExploreSettings) -> dict[str, Any]:
     """Build a digital twin: Latin-hypercube points, then an exploration policy (integrated
     variance reduction by default, or maximum variance with policy mv), until the
-    surrogate's held-out R^2 reaches the target (checked every few experiments) or the budget
+    surrogate's cross-validated R^2 reaches the target (checked every few experiments) or the budget
     ends. The trained model is saved under the campaign folder for use as a prior."""
     return _campaign_flow(settings, settings.explain)
 

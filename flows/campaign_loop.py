@@ -65,7 +65,7 @@ class CampaignState:
     """Objective per finished trial in trial order (NaN for failures; a target campaign: the
     objective vector, all NaN for failures)."""
     stopped_because: str = ""
-    holdout_r2: float | None = None
+    cv_r2: float | None = None
     reconciled: Any = None
     platform: Any = None
     rebuilt: list[int] = field(default_factory=list)
@@ -249,7 +249,7 @@ class _Loop:
                 time.sleep(1.0)
             if (self.plan.target_r2 is not None and not self.running
                     and _target_reached(self.study, self.state.platform, self.plan, self.state, len(done))):
-                self.state.stopped_because = (f"held-out R^2 {self.state.holdout_r2:.3f} >= target "
+                self.state.stopped_because = (f"cross-validated R^2 {self.state.cv_r2:.3f} >= target "
                                               f"{self.plan.target_r2}")
                 self.stopped = True
                 return None
@@ -475,12 +475,12 @@ def _record_crashed(reactor: Reactor, plan, trial, experiment_id: str) -> None:
 
 
 def _target_reached(study, platform, plan, state, n_done: int) -> bool:
-    from tasks.surrogate import holdout_r2
+    from tasks.surrogate import cross_validated_r2
 
     X, y = ledger.observations(study, platform)
     if len(y) < max(10, plan.initial) or n_done % plan.check_every:
         return False
-    state.holdout_r2 = holdout_r2(plan.surrogate, to_unit(platform, X), y, seed=plan.seed)
-    return state.holdout_r2 >= plan.target_r2
+    state.cv_r2 = cross_validated_r2(plan.surrogate, to_unit(platform, X), y, seed=plan.seed)
+    return state.cv_r2 >= plan.target_r2
 
 

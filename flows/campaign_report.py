@@ -15,7 +15,7 @@ from sklearn.metrics import r2_score
 
 from hardware.platform import PlatformConfig
 from tasks import explain, ledger, reports, storage
-from tasks.surrogate import data_key, from_unit, holdout_r2, make_surrogate, save_model, to_unit
+from tasks.surrogate import cross_validated_r2, data_key, from_unit, make_surrogate, save_model, to_unit
 from tasks.threads import single_threaded
 
 
@@ -28,7 +28,7 @@ MIN_TRUSTED = 20
 PER_INPUT = 3
 """...and at least this many per input of the space."""
 WEAK_R2 = 0.5
-"""Below this held-out R^2 the model explains too little for its ranking to mean much."""
+"""Below this cross-validated R^2 the model explains too little for its ranking to mean much."""
 
 
 def trusted_size(n_inputs: int) -> int:
@@ -43,16 +43,16 @@ def model_caveat(n: int, n_inputs: int, r2: float | None) -> str | None:
         return (f"only {n} experiments for {n_inputs} inputs: below about {need} the model's R² and its ranking "
                 "of the inputs are not reliable yet (a first impression; run more experiments before acting on them)")
     if r2 is not None and r2 < WEAK_R2:
-        return (f"the model explains little of the variation so far (held-out R² {r2:.2f}): read its ranking of "
-                "the inputs with caution")
+        return (f"the model explains little of the variation so far (cross-validated R² {r2:.2f}): read its "
+                "ranking of the inputs with caution")
     return None
 
 
 def model_lines(summary: dict[str, Any]) -> list[str]:
     """What the summary says about the surrogate, in words (markdown and terminal alike)."""
     numbers = []
-    if "holdout_r2" in summary:
-        numbers.append(f"held-out R² {summary['holdout_r2']:.2f}")
+    if "cv_r2" in summary:
+        numbers.append(f"cross-validated R² {summary['cv_r2']:.2f}")
     if "mc_r2" in summary:
         numbers.append(f"R² against the noiseless twin {summary['mc_r2']:.2f}")
     top = f"most important inputs: {', '.join(summary['shap_top'])}" if "shap_top" in summary else ""
@@ -94,9 +94,9 @@ def build_report(platform: PlatformConfig, study, objective, surrogate: str, pri
     train_X, train_y = to_unit(platform, X), y
     if prior is not None:
         train_X, train_y = np.vstack([to_unit(platform, prior[0]), train_X]), np.concatenate([prior[1], train_y])
-    r2 = holdout_r2(surrogate, train_X, train_y, seed=seed)
+    r2 = cross_validated_r2(surrogate, train_X, train_y, seed=seed)
     if np.isfinite(r2):
-        summary["holdout_r2"] = r2
+        summary["cv_r2"] = r2
     model = make_surrogate(surrogate, seed).fit(train_X, train_y) if len(train_y) >= 2 else None
     if model is not None:
         save_model(model, folder / "model.pkl", {
@@ -106,7 +106,7 @@ def build_report(platform: PlatformConfig, study, objective, surrogate: str, pri
         summary["model"] = str(folder / "model.pkl")
     if platform.platform.kind != "real":  # virtual or emulated: a noiseless twin exists
         summary.update(_against_twin(platform, objective, model, X, y, root))
-    caveat = model_caveat(len(train_y), len(platform.parameter_names), summary.get("holdout_r2"))
+    caveat = model_caveat(len(train_y), len(platform.parameter_names), summary.get("cv_r2"))
     if caveat:
         summary["model_caveat"] = caveat
     table.to_csv(folder / "trials.csv", index=False)

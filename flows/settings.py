@@ -430,8 +430,9 @@ class ExploreSettings(CampaignSettings):
     objective: Objective = "PL_I"
     budget: Budget = 60
     policy: _policy("explore") = choices.default_policy("explore")
-    target_r2: Annotated[float, setting("stop when the surrogate's held-out R^2 reaches this", gt=0, lt=1)] = 0.8
-    check_every: Annotated[int, setting("check the held-out R^2 every this many experiments", ge=1,
+    target_r2: Annotated[float, setting("stop when the surrogate's cross-validated R^2 reaches this", gt=0,
+                                        lt=1)] = 0.8
+    check_every: Annotated[int, setting("check the cross-validated R^2 every this many experiments", ge=1,
                                         le=10_000)] = 5
     explain: Explain = True
 

@@ -46,6 +46,8 @@ DESIRABILITY_POLICIES: tuple[str, ...] = ("desirability-ei", "random")
 N_CANDIDATES = 2048
 N_LOCAL = 512
 N_POLISH = 3
+N_FACES = 384
+"""Candidates on the boundary of the box (`face_candidates`)."""
 N_REFERENCE = 256
 """Sobol points over which IVR averages the variance it would remove."""
 MAX_RANDOM_DRAWS = 100_000
@@ -62,6 +64,9 @@ class PolicySettings:
     """UCB exploration weight."""
     xi: float = 0.01
     """EI margin, as a share of the spread of the observed objective."""
+    faces: bool = False
+    """Also score candidates on the faces, edges and corners of the box (`face_candidates`); off
+    until the optimizer comparison (benchmarks/policies.py) shows it helps."""
 
 
 def latin_hypercube(n: int, d: int, seed: int) -> np.ndarray:
@@ -111,7 +116,28 @@ def variance_reduction(model, U: np.ndarray, reference: np.ndarray) -> np.ndarra
     return np.concatenate(scores)
 
 
-def _candidates(X: np.ndarray, y: np.ndarray, d: int, rng: np.random.Generator) -> np.ndarray:
+def face_candidates(top: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
+    """`n` points on the boundary of the unit cube: copies of the best points `top` with some
+    inputs moved to a bound (each input with probability 1/3, to the nearer bound, at least one per
+    point), and half as many random points of the faces, edges and corners.
+
+    Quasi-random candidates almost never lie on the boundary (a Sobol point has every input
+    strictly inside), and a box whose optimum sits on a face (a temperature or a fraction at its
+    limit, as a recipe at the edge of what the rig can do often is) was approached but never
+    reached: the polish from three candidates moved along the face too slowly.
+    """
+    d = top.shape[1]
+    centres = top[rng.integers(0, len(top), n - n // 3)]
+    snap = rng.random(centres.shape) < 1 / 3
+    snap[np.arange(len(snap)), rng.integers(0, d, len(snap))] = True
+    moved = np.where(snap, np.round(centres), centres)
+    free = rng.random((n // 3, d))
+    on_face = rng.random(free.shape) < 0.5
+    return np.vstack([moved, np.where(on_face, np.round(free), free)])
+
+
+def _candidates(X: np.ndarray, y: np.ndarray, d: int, rng: np.random.Generator,
+                settings: PolicySettings = PolicySettings()) -> np.ndarray:
     sobol = qmc.Sobol(d=d, seed=rng).random(N_CANDIDATES)
     parts = [sobol]
     if len(y):
@@ -120,6 +146,8 @@ def _candidates(X: np.ndarray, y: np.ndarray, d: int, rng: np.random.Generator) 
             centres = top[rng.integers(0, len(top), N_LOCAL // 3)]
             parts.append(np.clip(centres + width * rng.standard_normal(centres.shape), 0.0, 1.0))
         parts.append(top)
+        if settings.faces:
+            parts.append(face_candidates(top, N_FACES, rng))
     return np.vstack(parts)
 
 
@@ -189,7 +217,8 @@ maximise over unit-cube points (n, d) -> (n,)."""
 
 def _kriging_believer(surrogates: _Surrogates, scoring: Scoring, value: Callable[[np.ndarray], np.ndarray],
                       best: float, *, q: int, measured: np.ndarray, pending: np.ndarray,
-                      rng: np.random.Generator, feasible: Callable[[np.ndarray], bool]) -> np.ndarray:
+                      rng: np.random.Generator, feasible: Callable[[np.ndarray], bool],
+                      settings: PolicySettings = PolicySettings()) -> np.ndarray:
     """`q` points, one at a time: each maximises the score, then counts as observed at its
     predicted mean (raising the incumbent `best` if its `value` is higher) before the next.
 
@@ -202,7 +231,7 @@ def _kriging_believer(surrogates: _Surrogates, scoring: Scoring, value: Callable
     taken = [*measured, *pending]
     points: list[np.ndarray] = []
     for _ in range(q):
-        candidates = _candidates(surrogates.X, value(surrogates.Y), d, rng)
+        candidates = _candidates(surrogates.X, value(surrogates.Y), d, rng, settings)
         score = scoring(surrogates, candidates, best)
 
         def new_and_feasible(u, taken=tuple(taken)):
@@ -264,7 +293,7 @@ def propose(
     reference = qmc.Sobol(d=d, seed=rng).random(N_REFERENCE) if policy == "ivr" else None
     scoring = _acquisition_scoring(policy, y_scale, settings, reference)
     points = _kriging_believer(surrogates, scoring, lambda Y: Y[:, 0], best, q=q, measured=X, pending=pending,
-                               rng=rng, feasible=feasible)
+                               rng=rng, feasible=feasible, settings=settings)
     return points, model
 
 

@@ -175,8 +175,8 @@ def _optuna_gp(name, platform, surrogate, seed, *, prior, settings, feasible, ob
     try:
         import torch  # noqa: F401
     except ImportError:
-        raise SdflInputError("policy 'gp' is Optuna's GPSampler, which needs torch: "
-                             "pip install 'sdfl[gp]' (or torch==2.13.0 from the local disk)") from None
+        raise SdflInputError("policy 'gp' is Optuna's GPSampler, which needs torch: install the gp extra "
+                             "(make gp, or pip install -e '.[gp]' in the sdfl folder: a CPU build of torch)") from None
     return optuna.samplers.GPSampler(seed=seed, n_startup_trials=0)
 
 

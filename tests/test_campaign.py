@@ -99,7 +99,7 @@ def test_a_prior_from_another_parameter_space_is_refused(root, platform, tmp_pat
 
 
 def test_explore_then_an_informed_optimization(root):
-    """Explore checks its held-out R^2 after its ten-point design (not yet 0.99, so its policy
+    """Explore checks its cross-validated R^2 after its ten-point design (not yet 0.99, so its policy
     proposes the last experiment); then an optimization with no design of its own learns from the
     saved twin."""
     twin = explore(campaign="twin", budget=11, initial=10, target_r2=0.99, seed=5, data_root=root, explain=False)

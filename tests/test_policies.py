@@ -145,7 +145,7 @@ def test_a_policy_of_another_kind_of_campaign_is_refused(name, family):
 def test_gp_resolves_without_torch_and_says_what_to_install_when_built(monkeypatch):
     monkeypatch.setitem(sys.modules, "torch", None)  # as if torch were not installed: importing it fails
     policy = resolve_policy("gp", "optimize")  # naming and checking the policy needs no torch
-    with pytest.raises(SdflInputError, match="needs torch: pip install 'sdfl\\[gp\\]'"):
+    with pytest.raises(SdflInputError, match=r"needs torch: install the gp extra \(make gp"):
         policy.sampler("optimize", PLATFORM, "gp", 0)
 
 

@@ -424,3 +424,19 @@ def test_proposals_fit_and_score_on_one_blas_thread():
     propose("ei", X, y, model=Watched(seed=0))
     assert seen and all(threads == {1} for threads in seen), seen
     assert blas_threads() == before
+
+
+def test_face_candidates_lie_on_the_boundary_of_the_box():
+    from tasks.proposal import face_candidates
+
+    rng = np.random.default_rng(0)
+    top = rng.uniform(0.2, 0.8, (5, 7))
+    points = face_candidates(top, 300, rng)
+    assert points.shape == (300, 7)
+    assert ((points >= 0) & (points <= 1)).all()
+    on_bound = (points == 0) | (points == 1)
+    assert on_bound.any(axis=1).all()  # every candidate has at least one input at a bound
+    moved = points[: 300 - 100]
+    assert all(np.isclose(top, np.where(row_bound, top, row)).all(axis=1).any()  # the rest is a top point
+               for row, row_bound in zip(moved, on_bound[: 300 - 100]))
+

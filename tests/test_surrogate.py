@@ -6,14 +6,13 @@ import numpy as np
 import pytest
 from sklearn.metrics import r2_score
 
-import tasks.surrogate as surrogate_module
 from hardware.platform import load_platform
 from tasks.surrogate import (
     EnsembleMLP,
     GaussianProcess,
+    cross_validated_r2,
     data_key,
     from_unit,
-    holdout_r2,
     load_model,
     make_surrogate,
     save_model,
@@ -117,39 +116,59 @@ def test_gp_length_scales_are_shortest_for_the_input_that_matters(cube):
     assert scales[0] < scales[6] / 10
 
 
-# --- held-out R^2 -----------------------------------------------------------------------------
+# --- cross-validated R^2 ---------------------------------------------------------------------
 
 
-def test_holdout_r2_trains_on_80_percent_and_scores_on_20(monkeypatch, cube):
+def test_the_gp_leave_one_out_misses_are_those_of_refits_without_each_point(cube):
+    """The closed form equals n refits, each without one point (same hyperparameters)."""
+    from sklearn.gaussian_process import GaussianProcessRegressor
+
     X, _ = cube
-    rows = {}
-
-    class Spy:  # a stand-in surrogate that records what it is fitted on and asked about
-        def fit(self, X, y):
-            rows["train"] = len(X)
-            return self
-
-        def predict(self, X):
-            rows["test"] = len(X)
-            return np.zeros(len(X)), np.ones(len(X))
-
-    monkeypatch.setattr(surrogate_module, "make_surrogate", lambda kind, seed: Spy())
-    holdout_r2("gp", X[:50], smooth(X[:50]))
-    assert rows == {"train": 40, "test": 10}
+    X, y = X[:25], smooth(X[:25])
+    gp = GaussianProcess(seed=0).fit(X, y)
+    mean, scale = y.mean(), y.std()
+    for i in range(len(y)):
+        alone = GaussianProcessRegressor(gp.model.kernel_, optimizer=None).fit(np.delete(X, i, axis=0),
+                                                                             (np.delete(y, i) - mean) / scale)
+        assert gp.loo_residuals()[i] == pytest.approx(y[i] - (mean + scale * alone.predict(X[i:i + 1])[0]),
+                                                      abs=1e-8)
 
 
-def test_holdout_r2_is_high_for_a_learnable_function_and_deterministic_for_a_seed(cube):
+@pytest.mark.parametrize("kind", ["gp", "ensemble"])
+def test_cross_validated_r2_is_high_for_a_learnable_function(cube, kind):
     X, _ = cube
-    first = holdout_r2("gp", X[:40], smooth(X[:40]), seed=3)
-    assert first > 0.8
-    assert holdout_r2("gp", X[:40], smooth(X[:40]), seed=3) == first
-    assert holdout_r2("gp", X[:40], smooth(X[:40]), seed=4) != first  # another split
+    assert cross_validated_r2(kind, X[:40], smooth(X[:40]), seed=3) > 0.8
 
 
-def test_holdout_r2_is_nan_below_ten_points(cube):
+def test_cross_validated_r2_is_low_for_noise(cube):
     X, _ = cube
-    assert np.isnan(holdout_r2("gp", X[:9], smooth(X[:9])))
-    assert np.isfinite(holdout_r2("gp", X[:10], smooth(X[:10])))
+    for seed in range(3):
+        noise = np.random.default_rng(seed).standard_normal(40)
+        assert cross_validated_r2("gp", X[:40], noise) < 0.5
+
+
+def test_the_ensemble_scores_each_point_by_the_members_that_did_not_see_it(cube):
+    X, _ = cube
+    X, y = X[:30], smooth(X[:30])
+    ensemble = EnsembleMLP(members=4, seed=2).fit(X, y)
+    rng, unseen = np.random.default_rng(2), [[] for _ in y]
+    for member in ensemble.models:  # the same bootstrap draws as the fit
+        rows = rng.integers(0, len(X), len(X))
+        for i in np.setdiff1d(np.arange(len(X)), rows):
+            unseen[i].append(member.predict(X[i:i + 1])[0])
+    mean, scale = ensemble._y
+    for i, predictions in enumerate(unseen):
+        if predictions:
+            assert ensemble.out_of_bag_residuals[i] == pytest.approx(y[i] - mean - scale * np.mean(predictions))
+        else:
+            assert np.isnan(ensemble.out_of_bag_residuals[i])
+
+
+def test_cross_validated_r2_is_nan_below_ten_points_or_without_spread(cube):
+    X, _ = cube
+    assert np.isnan(cross_validated_r2("gp", X[:9], smooth(X[:9])))
+    assert np.isfinite(cross_validated_r2("gp", X[:10], smooth(X[:10])))
+    assert np.isnan(cross_validated_r2("gp", X[:20], np.ones(20)))
 
 
 # --- unit cube <-> parameter units ------------------------------------------------------------
