@@ -157,7 +157,7 @@ def report(results: list[dict], optimizers: list[str], skipped: dict[str, list[s
     w("")
     if skipped:
         w("Not run here: " + "; ".join(f"{o} (needs {', '.join(m)})" for o, m in skipped.items())
-          + ". `pip install -e '.[gp]'` installs them.")
+          + ". `make peers` installs them.")
         w("")
     return lines
 

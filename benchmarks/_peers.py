@@ -166,8 +166,12 @@ class SkoptPeer(Optimizer):
 
 def make(name: str, d: int, seed: int) -> Optimizer:
     """The optimizer called `name`: a peer of PEERS, or ours as "sdfl-<policy>"."""
-    if name.startswith("sdfl-"):
-        return Ours(d, seed, policy=name.removeprefix("sdfl-"))
+    if name.startswith("sdfl-"):  # sdfl-<policy>[+<setting>...]: a PolicySettings flag switched on
+        from tasks.proposal import PolicySettings
+
+        policy, *flags = name.removeprefix("sdfl-").split("+")
+        options = {"settings": PolicySettings(**dict.fromkeys(flags, True))} if flags else {}
+        return Ours(d, seed, policy=policy, options=options)
     if name == "random":
         return RandomPoints(d, seed)
     if name == "optuna-gp":
@@ -178,7 +182,7 @@ def make(name: str, d: int, seed: int) -> Optimizer:
         return BoTorchPeer(d, seed)
     if name == "skopt-gp":
         return SkoptPeer(d, seed)
-    raise ValueError(f"unknown optimizer {name!r}: one of {', '.join(PEERS)} or sdfl-<policy>")
+    raise ValueError(f"unknown optimizer {name!r}: one of {', '.join(PEERS)} or sdfl-<policy>[+<flag>]")
 
 
 def run(problem, name: str, seed: int, design: np.ndarray, budget: int) -> dict:

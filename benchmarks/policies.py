@@ -19,7 +19,7 @@ Prefect) and judges every campaign against the noiseless digital twin (`tasks.tw
 6. our default policy beside its peers (Optuna GP and TPE, BoTorch qLogNEI, scikit-optimize,
    random) on a public test set: synthetic surfaces and the shipped twins, every optimizer from the
    same design with the same noise (`_comparison.py`, `_public_set.py`, `_peers.py`). Peers whose
-   libraries are missing are named and skipped (`pip install -e '.[gp]'`).
+   libraries are missing are named and skipped (`make peers` installs them).
 
 Prints markdown tables to stdout (progress to stderr) and writes them to
 benchmarks/results/policies.md. An operator refill step runs between experiments when a syringe
@@ -408,6 +408,9 @@ def main() -> None:
                         help="reuse the seed campaigns saved by an earlier run (<out>.seeds.pkl); runs only (5)")
     parser.add_argument("--no-comparison", action="store_true", help="skip the comparison with the peers (6)")
     parser.add_argument("--comparison-only", action="store_true", help="run only the comparison with the peers (6)")
+    parser.add_argument("--optimizers", default=None, help=(
+        "comma-separated optimizers of the comparison (default: our default policy and every peer); ours as "
+        "sdfl-<policy>[+<PolicySettings flag>], e.g. sdfl-ei+faces"))
     parser.add_argument("--problems", default=None,
                         help="comma-separated problems of the comparison (default: the whole public set)")
     args = parser.parse_args()
@@ -451,7 +454,8 @@ def comparison_section(cfg: dict, args) -> str:
 
     from tasks.samplers import DEFAULT_POLICY
 
-    optimizers, skipped = K.available([f"sdfl-{DEFAULT_POLICY['optimize']}", *K.PEER_ORDER])
+    wanted = args.optimizers.split(",") if args.optimizers else [f"sdfl-{DEFAULT_POLICY['optimize']}", *K.PEER_ORDER]
+    optimizers, skipped = K.available(wanted)
     only = args.problems.split(",") if args.problems else None
     todo = K.jobs(optimizers, cfg["seeds"], cfg["budget"], only)
     log(f"comparison: {len(todo)} runs of {', '.join(optimizers)} on {args.processes} processes ...")
