@@ -41,6 +41,9 @@ class Optimizer(abc.ABC):
     y: list = field(default_factory=list)
     cpu_s: list = field(default_factory=list)
     """CPU seconds of each `ask` (the proposal, model fit included)."""
+    cpu_in_tell: float = 0.0
+    """CPU seconds an optimizer spent in `tell` since the last ask (one that fits there), counted
+    with the next proposal."""
 
     def tell(self, u: np.ndarray, value: float) -> None:
         self.X.append(np.asarray(u, dtype=float))
@@ -49,7 +52,8 @@ class Optimizer(abc.ABC):
     def ask(self) -> np.ndarray:
         started = time.process_time()
         u = np.clip(np.asarray(self._ask(), dtype=float).reshape(self.d), 0.0, 1.0)
-        self.cpu_s.append(time.process_time() - started)
+        self.cpu_s.append(time.process_time() - started + self.cpu_in_tell)
+        self.cpu_in_tell = 0.0
         return u
 
     @abc.abstractmethod
@@ -160,8 +164,10 @@ class SkoptPeer(Optimizer):
 
     def tell(self, u, value):
         super().tell(u, value)
-        if hasattr(self, "_opt"):
+        if hasattr(self, "_opt"):  # skopt fits its model and picks the next point here, not in ask
+            started = time.process_time()
             self._opt.tell(list(map(float, u)), -float(value))
+            self.cpu_in_tell += time.process_time() - started
 
 
 def make(name: str, d: int, seed: int) -> Optimizer:

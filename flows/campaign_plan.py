@@ -46,7 +46,7 @@ class CampaignPlan:
     target_r2: float | None = None
     check_every: int = _default("check_every", ExploreSettings)
     kappa: float = _default("kappa")
-    xi: float = 0.01
+    xi: float = choices.EI_MARGIN
     storage: str | None = None
     data_root: str | None = None
     target: targets.Target | None = None

@@ -29,6 +29,12 @@ START_FROM_HELP = "previous: step directly from one reaction time to the next; s
 Procedure = Literal["startup", "shutdown"]
 PROCEDURE_HELP = "startup: purge and fill before a run; shutdown: flush the product out after it"
 
+EI_MARGIN = 0.0
+"""Expected improvement's margin xi, as a share of the spread of the observed objective: none, as
+in Optuna's and BoTorch's EI. On the public test set a margin of 0.01 cost EI 8 experiments
+(median) to 95 % of the optimum on the default twin and 3 points of the mean best at 15
+(benchmarks/policies.py, docs/benchmarks.md)."""
+
 
 # --- policies: how a campaign picks its next condition -----------------------------------------
 Family = Literal["optimize", "explore", "target"]

@@ -36,6 +36,7 @@ import numpy as np
 from scipy import optimize, stats
 from scipy.stats import qmc
 
+from tasks.choices import EI_MARGIN
 from tasks.surrogate import SurrogateKind, make_surrogate
 from tasks.threads import single_threaded
 
@@ -62,8 +63,10 @@ N_POSTERIOR_SAMPLES = 128
 class PolicySettings:
     kappa: float = 2.0
     """UCB exploration weight."""
-    xi: float = 0.01
-    """EI margin, as a share of the spread of the observed objective."""
+    xi: float = EI_MARGIN
+    """EI margin, as a share of the spread of the observed objective (`tasks.choices.EI_MARGIN`)."""
+    smooth: bool = False
+    """GP length scales of at least 0.1 of the box instead of 0.01 (an ablation switch)."""
     faces: bool = False
     """Also score candidates on the faces, edges and corners of the box (`face_candidates`); off
     until the optimizer comparison (benchmarks/policies.py) shows it helps."""
@@ -283,7 +286,10 @@ def propose(
     if len(train_y) < 2:
         raise ValueError(f"policy {policy!r} needs at least 2 observations to train a surrogate (has "
                          f"{len(train_y)}); start with an initial design")
-    model = model or make_surrogate(surrogate, seed)
+    if model is None:
+        model = make_surrogate(surrogate, seed)
+        if settings.smooth and surrogate == "gp":
+            model.shortest_length_scale = 0.1
     surrogates = _Surrogates.fit([model], train_X, train_y[:, None])
     pending = _as_points(pending, d)
     if len(pending):

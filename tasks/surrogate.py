@@ -127,6 +127,9 @@ class GaussianProcess:
     Cholesky factor's 0.1). Below it, every fit optimises from scratch: early hyperparameters
     learned from few points must not stick."""
     regrow: float = 0.2
+    shortest_length_scale: float = 1e-2
+    """Lower bound of every length scale (unit cube). A higher floor keeps a model of few points
+    from explaining noise with wiggles: a crude prior towards smooth responses."""
     model: GaussianProcessRegressor | None = field(default=None, repr=False)
     _y: tuple[float, float] = (0.0, 1.0)
     optimised_at: int = 0
@@ -134,7 +137,8 @@ class GaussianProcess:
 
     def _kernel(self, d: int):
         return (ConstantKernel(1.0, (1e-3, 1e3))
-                * Matern(length_scale=np.full(d, 0.5), length_scale_bounds=(1e-2, 1e2), nu=2.5)
+                * Matern(length_scale=np.full(d, 0.5), length_scale_bounds=(self.shortest_length_scale, 1e2),
+                         nu=2.5)
                 + WhiteKernel(1e-2, (1e-6, 1.0)))
 
     def fit(self, X: np.ndarray, y: np.ndarray) -> GaussianProcess:
