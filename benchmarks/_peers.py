@@ -170,6 +170,25 @@ class SkoptPeer(Optimizer):
             self.cpu_in_tell += time.process_time() - started
 
 
+def check_name(name: str) -> None:
+    """Refuse an optimizer name `make` would not know, saying what the names are (SystemExit)."""
+    from dataclasses import fields
+
+    from tasks.proposal import POLICIES, PolicySettings
+
+    flags = [f.name for f in fields(PolicySettings) if f.type in (bool, "bool")]
+    if name.startswith("sdfl-"):
+        policy, *wrong = name.removeprefix("sdfl-").split("+")
+        wrong = [flag for flag in wrong if flag not in flags]
+        if policy in POLICIES and not wrong:
+            return
+    elif name in PEERS:
+        return
+    raise SystemExit(f"--optimizers: no optimizer named {name!r}; choose from {', '.join(PEERS)} or "
+                     f"sdfl-<policy>[+<flag>] with a policy of {', '.join(POLICIES)} and flags "
+                     f"{', '.join(flags)}")
+
+
 def make(name: str, d: int, seed: int) -> Optimizer:
     """The optimizer called `name`: a peer of PEERS, or ours as "sdfl-<policy>"."""
     if name.startswith("sdfl-"):  # sdfl-<policy>[+<setting>...]: a PolicySettings flag switched on

@@ -451,10 +451,13 @@ def main() -> None:
 def comparison_section(cfg: dict, args) -> str:
     """Section 6: our default beside the peers on the public test set."""
     import _comparison as K
+    import _peers
 
     from tasks.samplers import DEFAULT_POLICY
 
     wanted = args.optimizers.split(",") if args.optimizers else [f"sdfl-{DEFAULT_POLICY['optimize']}", *K.PEER_ORDER]
+    for name in wanted:
+        _peers.check_name(name)
     optimizers, skipped = K.available(wanted)
     only = args.problems.split(",") if args.problems else None
     todo = K.jobs(optimizers, cfg["seeds"], cfg["budget"], only)
