@@ -94,10 +94,10 @@ def build_report(platform: PlatformConfig, study, objective, surrogate: str, pri
     train_X, train_y = to_unit(platform, X), y
     if prior is not None:
         train_X, train_y = np.vstack([to_unit(platform, prior[0]), train_X]), np.concatenate([prior[1], train_y])
-    r2 = cross_validated_r2(surrogate, train_X, train_y, seed=seed)
+    model = make_surrogate(surrogate, seed).fit(train_X, train_y) if len(train_y) >= 2 else None
+    r2 = cross_validated_r2(surrogate, train_X, train_y, seed=seed, model=model)
     if np.isfinite(r2):
         summary["cv_r2"] = r2
-    model = make_surrogate(surrogate, seed).fit(train_X, train_y) if len(train_y) >= 2 else None
     if model is not None:
         save_model(model, folder / "model.pkl", {
             "parameters": platform.parameter_names, "space": ledger.space_signature(platform),

@@ -203,7 +203,8 @@ MIN_POINTS_FOR_R2 = 10
 
 
 @single_threaded
-def cross_validated_r2(kind: SurrogateKind, X: np.ndarray, y: np.ndarray, seed: int = 0) -> float:
+def cross_validated_r2(kind: SurrogateKind, X: np.ndarray, y: np.ndarray, seed: int = 0,
+                       model: Surrogate | None = None) -> float:
     """R^2 of predictions each made by a model that did not see the point it predicts.
 
     Every point is predicted once, so the score does not swing with which fifth of the data a
@@ -212,12 +213,13 @@ def cross_validated_r2(kind: SurrogateKind, X: np.ndarray, y: np.ndarray, seed: 
     - `gp`: leave-one-out, in closed form from one fit (`GaussianProcess.loo_residuals`);
     - `ensemble`: out of bag, also from one fit: each point predicted by the members whose
       bootstrap sample left it out (`EnsembleMLP.out_of_bag_residuals`).
+    `model`: the surrogate of `kind` already fitted on (X, y), so it is not fitted again.
     NaN below MIN_POINTS_FOR_R2 points, or when every y is the same.
     """
     X, y = np.asarray(X, dtype=float), np.asarray(y, dtype=float)
     if len(y) < MIN_POINTS_FOR_R2 or np.ptp(y) == 0.0:
         return float("nan")
-    model = make_surrogate(kind, seed).fit(X, y)
+    model = model or make_surrogate(kind, seed).fit(X, y)
     residuals = model.loo_residuals() if kind == "gp" else model.out_of_bag_residuals
     scored = np.isfinite(residuals)
     return float(1.0 - np.sum(residuals[scored] ** 2) / np.sum((y[scored] - y.mean()) ** 2))
