@@ -29,6 +29,7 @@ import time
 import serial
 
 from hardware.drivers.oceaninsight import OceanSpectrometer
+from hardware.drivers.serial_link import WRITE_TIMEOUT_S
 from hardware.errors import (
     FatalInstrumentError,
     GarbledReply,
@@ -168,7 +169,8 @@ class RelayBoard:
         self._lock = threading.Lock()
         self._users = 0
         try:
-            self._serial = serial.serial_for_url(port, baudrate=baudrate, timeout=timeout_s, write_timeout=timeout_s)
+            self._serial = serial.serial_for_url(port, baudrate=baudrate, timeout=timeout_s,
+                                                 write_timeout=max(timeout_s, WRITE_TIMEOUT_S))
         except (serial.SerialException, OSError, ValueError) as exc:
             raise InstrumentDisconnected(f"relay {port}", (
                 f"cannot open the relay board's port: {exc}; check the USB cable and the port name "

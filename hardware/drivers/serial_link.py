@@ -30,6 +30,13 @@ except ImportError:  # pragma: no cover - Windows
 STALE_SETTLE_S = 0.05
 """How long `discard_input` waits for the rest of a late reply (about 50 characters at 9600 baud)."""
 
+WRITE_TIMEOUT_S = 2.0
+"""How long a write may block before the port counts as stuck. A command of a few dozen bytes
+leaves in milliseconds; this only catches a port that stops taking bytes. It is kept apart from
+the (short) read timeout because pyserial on POSIX checks the write deadline after a successful
+`os.write`: a process paused by a busy machine past a short deadline reported a write that went
+through as timed out."""
+
 
 class Link(Protocol):
     """What a driver needs from a line: a port name, a lock, `exchange`, `discard_input` and `close`."""
@@ -130,7 +137,8 @@ class SerialLink:
         try:
             self._serial = serial.serial_for_url(
                 self.port, baudrate=baudrate, bytesize=serial.EIGHTBITS, parity=serial.PARITY_NONE,
-                stopbits=serial.STOPBITS_ONE, timeout=self.timeout_s, write_timeout=self.timeout_s,
+                stopbits=serial.STOPBITS_ONE, timeout=self.timeout_s,
+                write_timeout=max(self.timeout_s, WRITE_TIMEOUT_S),
             )
         except _TTY_ERRORS as exc:
             ports = available_ports()
