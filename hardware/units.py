@@ -7,10 +7,13 @@ the code works with plain floats whose unit is in the name (`volume_ul`, `flow_u
 from __future__ import annotations
 
 import re
+import shutil
 from functools import lru_cache
+from pathlib import Path
 from typing import Annotated
 
 import pint
+import platformdirs
 from pydantic import BeforeValidator
 
 _NUMBER_AND_UNIT = re.compile(r"^\s*([-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)\s*(.*?)\s*$")
@@ -31,7 +34,23 @@ CANONICAL = {
 
 @lru_cache(maxsize=1)
 def registry() -> pint.UnitRegistry:
-    return pint.UnitRegistry(autoconvert_offset_to_baseunit=True)
+    """pint's full registry, its parsed definitions kept on disk between processes.
+
+    Parsing pint's definitions takes 0.5-0.9 CPU-s, and every process that reads a platform file
+    pays it: each `sdfl` command, each flow run a worker starts. From the cache it takes about
+    0.05 s. A cache that cannot be written or read (a read-only home, a file half-written by a
+    process starting at the same moment) is set aside and the definitions parsed as before."""
+    folder = unit_cache_folder()
+    try:
+        return pint.UnitRegistry(autoconvert_offset_to_baseunit=True, cache_folder=folder)
+    except Exception:  # noqa: BLE001 - any failure of the cache; the registry itself is fine
+        shutil.rmtree(folder, ignore_errors=True)
+        return pint.UnitRegistry(autoconvert_offset_to_baseunit=True)
+
+
+def unit_cache_folder() -> Path:
+    """The user's cache folder for pint's parsed definitions, one per pint version."""
+    return platformdirs.user_cache_path("sdfl", appauthor=False) / f"pint-{pint.__version__}"
 
 
 def parse_quantity(text: str | float) -> pint.Quantity:

@@ -377,3 +377,37 @@ def test_a_temperature_bound_above_the_carrier_limit_is_rejected(tmp_path):
     path = edited_config(tmp_path, "low = 120\nhigh = 150", "low = 120\nhigh = 250")
     message = load_error(path)
     assert "parameters[0]" in message and "above rules.max_temperature (180 C)" in message
+
+
+# --- pint's definitions, kept between processes -----------------------------------------------
+
+UNITS_SCRIPT = """
+from hardware.units import to_canonical, unit_cache_folder
+print(to_canonical("0.3 mL/h", "flowrate"), to_canonical("150 degC", "temperature"), unit_cache_folder())
+"""
+
+
+def test_units_read_the_same_from_a_fresh_a_kept_and_a_damaged_cache(tmp_path):
+    """The parsed definitions are kept in the user's cache folder; a damaged cache (a file another
+    process was still writing) is set aside, the units still read, and the next process keeps them again."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path)}
+
+    def read_units() -> tuple[str, Path]:
+        out = subprocess.run([sys.executable, "-c", UNITS_SCRIPT], env=env, capture_output=True, text=True,
+                             check=True, cwd=Path(__file__).resolve().parents[1]).stdout.split()
+        assert out[:2] == ["5.0", "150.0"], out
+        return out[2]
+
+    folder = Path(read_units())
+    assert folder.is_relative_to(tmp_path) and list(folder.glob("*.pickle"))
+    read_units()  # from the kept cache
+    for kept in folder.glob("*.pickle"):
+        kept.write_bytes(kept.read_bytes()[:100])  # half-written
+    read_units()
+    assert not folder.exists() or not any(len(p.read_bytes()) == 100 for p in folder.glob("*.pickle"))
+    read_units()
+    assert list(folder.glob("*.pickle"))
