@@ -404,8 +404,9 @@ def test_campaign_seeds_give_independent_streams_per_trial():
 
 def test_proposals_fit_and_score_on_one_blas_thread():
     """A proposal's numerics run on one BLAS/OpenMP thread (a second one only spin-waits for a
-    core on a busy machine), and the process's own limits come back afterwards."""
-    from threadpoolctl import threadpool_info
+    core on a busy machine), and the process's own limits come back afterwards. The tests run on
+    one thread (conftest.py): the limit is raised to two here, as a library's default would be."""
+    from threadpoolctl import threadpool_info, threadpool_limits
 
     from tasks.surrogate import GaussianProcess
 
@@ -419,11 +420,12 @@ def test_proposals_fit_and_score_on_one_blas_thread():
             seen.append(blas_threads())
             return super().fit(X, y)
 
-    before = blas_threads()
-    X, y = _two_points()
-    propose("ei", X, y, model=Watched(seed=0))
-    assert seen and all(threads == {1} for threads in seen), seen
-    assert blas_threads() == before
+    with threadpool_limits(limits=2, user_api="blas"):
+        assert blas_threads() == {2}
+        X, y = _two_points()
+        propose("ei", X, y, model=Watched(seed=0))
+        assert seen and all(threads == {1} for threads in seen), seen
+        assert blas_threads() == {2}
 
 
 def test_face_candidates_lie_on_the_boundary_of_the_box():
