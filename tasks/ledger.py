@@ -71,9 +71,12 @@ def patiently(call, log, doing: str, wait_s: float = UNREACHABLE_WAIT_S):
     network blip), for up to `wait_s`; then its error is raised (the campaign stops and resumes
     when started again)."""
     from optuna.exceptions import StorageInternalError
-    from sqlalchemy.exc import InterfaceError, OperationalError
+    from sqlalchemy.exc import InterfaceError, OperationalError, PendingRollbackError
 
-    unreachable = (OperationalError, InterfaceError)
+    # PendingRollbackError: a query on the connection the restart cut, after Optuna caught the
+    # first error of that connection and went on in the same transaction (it does so when
+    # reading trials); Optuna rolls the session back, so the next try opens a new connection.
+    unreachable = (OperationalError, InterfaceError, PendingRollbackError)
     deadline, delay = time.monotonic() + wait_s, 1.0
     while True:
         try:

@@ -179,3 +179,34 @@ def test_a_ledger_entry_never_reuses_an_id_the_dataset_already_holds(tmp_path, p
     skipped = [t.user_attrs["experiment_id"] for t in study.trials if t.user_attrs.get("not_run")]
     assert skipped == ["mix-t0001"]
     assert len(ledger.finished(study)) == 3
+
+
+def test_the_ledger_waits_through_a_cut_connection_and_nothing_else(caplog):
+    """A database server that restarts cuts the connection a query runs on. Optuna reports that as
+    a StorageInternalError caused by the lost connection, or (reading trials, where it catches the
+    first error and goes on in the same transaction) caused by the PendingRollbackError that
+    follows: both are waited for. A write the database refuses is raised at once."""
+    import logging
+
+    from optuna.exceptions import StorageInternalError
+    from sqlalchemy.exc import DataError, OperationalError, PendingRollbackError
+
+    log = logging.getLogger("test-ledger")
+    cut = [OperationalError("SELECT 1", {}, Exception("terminating connection due to administrator command")),
+           PendingRollbackError("Can't reconnect until invalid transaction is rolled back")]
+
+    def counting():
+        if cut:
+            raise StorageInternalError("An exception is raised during the commit.") from cut.pop(0)
+        return 12
+
+    with caplog.at_level(logging.WARNING, logger="test-ledger"):
+        assert ledger.patiently(counting, log, "counting the trials", wait_s=30) == 12
+    assert [r.getMessage().split(" (")[0] for r in caplog.records] == [
+        "the campaign ledger cannot be reached while counting the trials"] * 2
+
+    def refused():
+        raise StorageInternalError("An exception is raised during the commit.") from DataError("INSERT", {}, Exception("value too long"))
+
+    with pytest.raises(StorageInternalError):
+        ledger.patiently(refused, log, "telling the study", wait_s=30)
