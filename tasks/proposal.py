@@ -67,6 +67,11 @@ class PolicySettings:
     """EI margin, as a share of the spread of the observed objective (`tasks.choices.EI_MARGIN`)."""
     smooth: bool = False
     """GP length scales of at least 0.1 of the box instead of 0.01 (an ablation switch)."""
+    wide_prior: bool = False
+    """GP hyperparameters under wide priors (`tasks.surrogate.HyperPrior`, "wide") instead of the
+    default moderate ones (an ablation switch)."""
+    likelihood_only: bool = False
+    """GP hyperparameters by the likelihood alone, no priors (an ablation switch)."""
     faces: bool = False
     """Also score candidates on the faces, edges and corners of the box (`face_candidates`); off
     until the optimizer comparison (benchmarks/policies.py) shows it helps."""
@@ -290,6 +295,8 @@ def propose(
         model = make_surrogate(surrogate, seed)
         if settings.smooth and surrogate == "gp":
             model.shortest_length_scale = 0.1
+        if surrogate == "gp" and (settings.wide_prior or settings.likelihood_only):
+            model.prior = None if settings.likelihood_only else "wide"
     surrogates = _Surrogates.fit([model], train_X, train_y[:, None])
     pending = _as_points(pending, d)
     if len(pending):

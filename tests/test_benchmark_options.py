@@ -10,7 +10,7 @@ from conftest import REPO_DIR
 
 
 @pytest.mark.parametrize("option, value, words", [
-    ("--optimizers", "sdfl-ei+bogus", ["'sdfl-ei+bogus'", "flags smooth, faces"]),
+    ("--optimizers", "sdfl-ei+bogus", ["'sdfl-ei+bogus'", "flags smooth", "likelihood_only", "faces"]),
     ("--optimizers", "optuna-gpp", ["'optuna-gpp'", "optuna-gp, botorch-qlognei"]),
     ("--problems", "hartman6", ["hartman6", "hartmann6"]),
 ])

@@ -237,3 +237,39 @@ def test_ensemble_members_differ_so_their_spread_is_an_uncertainty(cube):
     assert len(model.models) == 3
     _, sd = model.predict(np.full((1, D), 0.99))
     assert sd[0] > 0
+
+
+# --- hyperparameter priors ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", ["moderate", "wide"])
+def test_the_prior_gradient_matches_its_value(kind):
+    from scipy.optimize import check_grad
+
+    from tasks.surrogate import HyperPrior
+
+    prior = HyperPrior(6, kind)
+    for theta in np.random.default_rng(3).normal(size=(5, 8)):
+        assert check_grad(lambda t: prior.negative_log_prior(t)[0], lambda t: prior.negative_log_prior(t)[1],
+                          theta) < 1e-5
+
+
+def test_with_nine_points_the_moderate_prior_keeps_every_length_scale_near_the_box():
+    """Nine points in six inputs, two of which matter: by the likelihood alone the other four get
+    length scales at the upper bound (a response believed flat along them for ever); under the
+    default moderate prior they stay within a few widths of the box, and the two that matter are
+    the shortest."""
+    rng = np.random.default_rng(0)
+    X = rng.random((9, 6))
+    y = np.sin(3 * X[:, 0]) + X[:, 1] ** 2
+    alone = GaussianProcess(seed=0, prior=None).fit(X, y).length_scales()
+    moderate = GaussianProcess(seed=0).fit(X, y).length_scales()
+    assert alone[2:].max() > 50
+    assert moderate.max() < 5 and set(np.argsort(moderate)[:2]) == {0, 1}
+
+
+def test_an_unknown_prior_is_named():
+    from tasks.surrogate import HyperPrior
+
+    with pytest.raises(ValueError, match="unknown prior 'flat'"):
+        HyperPrior(3, "flat")
