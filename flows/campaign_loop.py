@@ -398,8 +398,11 @@ class _Loop:
                 self.log.warning("trial %d (%s) was settled by another campaign process meanwhile (%s); its "
                                  "record is in the dataset", trial.number, experiment_id, exc)
             if self.on_progress is not None:
+                # The progress report reads the study too (the latest result): it waits for a
+                # database restart as the counting does.
                 done = ledger.patiently(lambda: len(ledger.finished(self.study)), self.log, "counting the trials")
-                self.on_progress(done, self.plan.budget, self.study)
+                ledger.patiently(lambda: self.on_progress(done, self.plan.budget, self.study), self.log,
+                                 "reporting progress")
         return True
 
     def _refilled(self, rig: Reactor, need: RefillNeeded) -> bool:

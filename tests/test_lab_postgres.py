@@ -172,8 +172,11 @@ def test_three_workers_run_one_campaign_through_restarts_and_a_dead_worker(postg
     assert {i: by_id.loc[i, "PL_I"] for i in values} == pytest.approx(values)  # the study and the dataset agree
     design = Counter(t.user_attrs["design_index"] for t in ran if "design_index" in t.user_attrs)
     assert design == Counter({0: 1, 1: 1, 2: 1})  # each design point once, though every run planned it
-    params = [tuple(round(v, 9) for v in t.params.values()) for t in ran]
-    assert len(set(params)) == len(params)  # pending points honoured: no condition proposed twice
+    # Pending points honoured: no condition measured twice. The killed experiment gave no result,
+    # so its condition may be proposed again once its trial is settled (the optimum often sits
+    # on a corner of the box, which the proposal then finds again exactly).
+    measured = [tuple(round(v, 9) for v in t.params.values()) for t in ran if t.state == TrialState.COMPLETE]
+    assert len(set(measured)) == len(measured)
     assert set(rows["platform"]) == set(REACTORS)
 
     # The lot has waited for its operator longer than a silent run is given, and is still waiting.
